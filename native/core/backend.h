@@ -53,9 +53,11 @@ class Backend {
                                  float alpha, float* out) = 0;
 
   // dl_n = d<gradX, X(l)>/dl_n for all n (alpha = 1), by the core-space projection.
-  virtual void tuckerScaleGrad(const TuckerShape& shape, const float* gradX, const float* core,
+  // With overwriteGradX, gradX (then not const in effect) may be used as the
+  // projection's workspace: when modes == ranks no extra d_out * d_in buffer is needed.
+  virtual void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
                                const float* const* factors, const float* const* scales,
-                               float* const* gradScales) = 0;
+                               float* const* gradScales, bool overwriteGradX) = 0;
 
   // Element k = f(Philox(counter = (k, stream), key = seed)); Uniform in [a, b),
   // Normal with mean a and standard deviation b.
@@ -80,8 +82,8 @@ class Backend {
   virtual void activationForward(Activation activation, float* y, const float* x,
                                  int64_t count) = 0;
   // dx = beta * dx + dy * f'(x)
-  virtual void activationBackward(Activation activation, float* dx, const float* x,
-                                  const float* dy, int64_t count, float beta) = 0;
+  virtual void activationBackward(Activation activation, float* dx, const float* x, const float* dy,
+                                  int64_t count, float beta) = 0;
   virtual double sum(const float* x, int64_t count) = 0;
   virtual double dot(const float* x, const float* y, int64_t count) = 0;
   // Mean over rows of -log softmax(logits)[label]; if grad is not null it receives

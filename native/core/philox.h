@@ -49,8 +49,8 @@ TERA_HOST_DEVICE Block philox4x32_10(Block counter, uint32_t key0, uint32_t key1
 }
 
 TERA_HOST_DEVICE Block elementBlock(uint64_t element, uint64_t seed, uint64_t stream) {
-  Block counter = {{uint32_t(element), uint32_t(element >> 32), uint32_t(stream),
-                    uint32_t(stream >> 32)}};
+  Block counter = {
+      {uint32_t(element), uint32_t(element >> 32), uint32_t(stream), uint32_t(stream >> 32)}};
   return philox4x32_10(counter, uint32_t(seed), uint32_t(seed >> 32));
 }
 
@@ -89,10 +89,14 @@ TERA_HOST_DEVICE double portableCos2Pi(double t) {
   }
   sinX *= x;
   switch (int(quarter) & 3) {
-    case 0: return cosX;
-    case 1: return -sinX;
-    case 2: return -cosX;
-    default: return sinX;
+    case 0:
+      return cosX;
+    case 1:
+      return -sinX;
+    case 2:
+      return -cosX;
+    default:
+      return sinX;
   }
 }
 

@@ -1,0 +1,157 @@
+#include "binding/storage.h"
+
+#include "binding/errors.h"
+#include "core/errors.h"
+
+namespace tera {
+namespace binding {
+
+namespace {
+Napi::FunctionReference* constructorOf(Napi::Env env) {
+  return env.GetInstanceData<AddonData>()->storageConstructor;
+}
+}  // namespace
+
+std::mutex& executionLock(const Backend& backend) {
+  static std::mutex cpuLock, cudaLock;
+  return backend.device() == Device::Cpu ? cpuLock : cudaLock;
+}
+
+Backend& backendFor(const std::string& device) {
+  if (device == "cpu") return cpuBackend();
+  if (device == "cuda") {
+    std::string reason;
+    Backend* cuda = cudaBackend(&reason);
+    if (!cuda) throw Error("device 'cuda' was requested but CUDA is unavailable: " + reason);
+    return *cuda;
+  }
+  throw Error("unknown device '" + device + "': expected 'cpu' or 'cuda'");
+}
+
+Napi::Function Storage::define(Napi::Env env) {
+  return DefineClass(
+      env, "Storage",
+      {InstanceAccessor<&Storage::device>("device"), InstanceAccessor<&Storage::length>("length"),
+       InstanceAccessor<&Storage::disposedGetter>("disposed"),
+       InstanceAccessor<&Storage::refCount>("refCount"),
+       InstanceMethod<&Storage::retainMethod>("retain"),
+       InstanceMethod<&Storage::releaseMethod>("release"), InstanceMethod<&Storage::read>("read"),
+       InstanceMethod<&Storage::write>("write"), InstanceMethod<&Storage::copyFrom>("copyFrom")});
+}
+
+Storage* Storage::from(Napi::Value value, const char* what) {
+  if (!value.IsObject() ||
+      !value.As<Napi::Object>().InstanceOf(constructorOf(value.Env())->Value())) {
+    throw Error(std::string(what) + " is not a tensor storage");
+  }
+  Storage* storage = Unwrap(value.As<Napi::Object>());
+  if (storage->disposed()) throw Error(std::string(what) + " has been disposed");
+  return storage;
+}
+
+Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
+  guard(info.Env(), [&] {
+    if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsString()) {
+      throw Error("Storage(length, device) takes a number and 'cpu' or 'cuda'");
+    }
+    const double length = info[0].As<Napi::Number>().DoubleValue();
+    if (!(length >= 0) || length != double(int64_t(length)) || length > double(kMaxElements)) {
+      throw Error("storage length " + info[0].ToString().Utf8Value() +
+                  " is not an integer in [0, 2^48]");
+    }
+    backend_ = &backendFor(info[1].As<Napi::String>().Utf8Value());
+    length_ = int64_t(length);
+    data_ = backend_->allocate(length_);
+    Napi::MemoryManagement::AdjustExternalMemory(info.Env(), length_ * int64_t(sizeof(float)));
+  });
+}
+
+Storage::~Storage() {
+  // Reached only after Finalize or an explicit free: memory is already returned.
+}
+
+void Storage::Finalize(Napi::Env env) { freeMemory(env); }
+
+void Storage::freeMemory(Napi::Env env) {
+  if (!data_) return;
+  {
+    std::lock_guard<std::mutex> lock(executionLock(*backend_));
+    backend_->release(data_);
+  }
+  data_ = nullptr;
+  Napi::MemoryManagement::AdjustExternalMemory(env, -length_ * int64_t(sizeof(float)));
+}
+
+void Storage::release(Napi::Env env) {
+  if (refs_ > 0 && --refs_ == 0) freeMemory(env);
+}
+
+Napi::Value Storage::device(const Napi::CallbackInfo& info) {
+  if (!backend_) return info.Env().Undefined();
+  return Napi::String::New(info.Env(), backend_->device() == Device::Cpu ? "cpu" : "cuda");
+}
+
+Napi::Value Storage::length(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(length_));
+}
+
+Napi::Value Storage::disposedGetter(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), disposed());
+}
+
+Napi::Value Storage::refCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), refs_);
+}
+
+void Storage::retainMethod(const Napi::CallbackInfo& info) {
+  guard(info.Env(), [&] {
+    if (disposed()) throw Error("cannot retain a disposed storage");
+    retain();
+  });
+}
+
+void Storage::releaseMethod(const Napi::CallbackInfo& info) { release(info.Env()); }
+
+Napi::Value Storage::read(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    if (disposed()) throw Error("cannot read a disposed tensor");
+    Napi::Float32Array out = Napi::Float32Array::New(info.Env(), size_t(length_));
+    std::lock_guard<std::mutex> lock(executionLock(*backend_));
+    backend_->download(out.Data(), data_, length_);
+    return out;
+  });
+}
+
+void Storage::write(const Napi::CallbackInfo& info) {
+  guard(info.Env(), [&] {
+    if (disposed()) throw Error("cannot write to a disposed tensor");
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+      throw Error("write() takes a Float32Array");
+    }
+    Napi::Float32Array data = info[0].As<Napi::Float32Array>();
+    if (int64_t(data.ElementLength()) != length_) {
+      throw Error("write(): the Float32Array has " + std::to_string(data.ElementLength()) +
+                  " elements but the storage holds " + std::to_string(length_));
+    }
+    std::lock_guard<std::mutex> lock(executionLock(*backend_));
+    backend_->upload(data_, data.Data(), length_);
+  });
+}
+
+void Storage::copyFrom(const Napi::CallbackInfo& info) {
+  guard(info.Env(), [&] {
+    if (disposed()) throw Error("cannot copy into a disposed tensor");
+    Storage* source = from(info[0], "copyFrom() source");
+    if (source->length_ != length_ || &source->backend() != backend_) {
+      throw Error("copyFrom(): source has " + std::to_string(source->length_) + " elements on " +
+                  source->backend().name() + ", target has " + std::to_string(length_) + " on " +
+                  backend_->name());
+    }
+    std::lock_guard<std::mutex> lock(executionLock(*backend_));
+    backend_->copy(data_, source->data_, length_);
+  });
+}
+
+}  // namespace binding
+}  // namespace tera
