@@ -1,0 +1,11 @@
+/**
+ * tera-peft: TeRA parameter-efficient fine-tuning for Node.js.
+ */
+export { Tensor, tensor, zeros, ones, full, zerosLike } from './tensor/tensor';
+export type { TensorOptions } from './tensor/tensor';
+export { resolveDevice, setDefaultDevice, defaultDevice, cudaAvailable } from './tensor/device';
+export type { Device, DeviceRequest } from './tensor/device';
+export * as kernels from './kernels/index';
+export * as random from './random';
+export { backendInfo, setNumThreads, getNumThreads } from './backend';
+export type { BackendInfo } from './backend';

@@ -1,0 +1,69 @@
+/**
+ * Counter-based random tensors (Philox4x32-10). Element k of a fill depends only
+ * on (seed, key, k), so results are identical on CPU and GPU and for any thread
+ * count, and a frozen tensor can be regenerated from its seed instead of stored.
+ */
+import { native } from './native/loader';
+import type { DeviceRequest } from './tensor/device';
+import { Tensor, zeros } from './tensor/tensor';
+
+export interface RandomOptions {
+  /** The Philox key: an unsigned 64-bit integer. */
+  seed: number | bigint;
+  /** The stream (upper counter words): separates tensors made from one seed. Default 0. */
+  key?: number | bigint;
+  device?: DeviceRequest;
+}
+
+function uint64(value: number | bigint | undefined, what: string): bigint {
+  const v = value ?? 0;
+  if (typeof v === 'bigint') {
+    if (v < 0n || v >= 1n << 64n) throw new Error(`${what} must be an unsigned 64-bit integer, got ${v}`);
+    return v;
+  }
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw new Error(`${what} must be a non-negative safe integer or a BigInt, got ${String(v)}`);
+  }
+  return BigInt(v);
+}
+
+function filled(
+  shape: readonly number[],
+  options: RandomOptions,
+  kind: 'normal' | 'uniform',
+  a: number,
+  b: number,
+): Tensor {
+  if (options === null || typeof options !== 'object') throw new Error('random: options with a seed are required');
+  const seed = uint64(options.seed, 'seed');
+  const key = uint64(options.key, 'key');
+  if (!Number.isFinite(a) || !Number.isFinite(b)) throw new Error(`random.${kind}: parameters must be finite numbers`);
+  const out = zeros(shape, { device: options.device });
+  native().randomFill(out.storage, kind, seed, key, a, b);
+  return out;
+}
+
+export interface NormalOptions extends RandomOptions {
+  mean?: number;
+  std?: number;
+}
+
+export interface UniformOptions extends RandomOptions {
+  low?: number;
+  high?: number;
+}
+
+/** Normal(mean, std^2) by Box-Muller from each element's Philox block. */
+export function normal(shape: readonly number[], options: NormalOptions): Tensor {
+  return filled(shape, options, 'normal', options?.mean ?? 0, options?.std ?? 1);
+}
+
+/** Uniform on [low, high). */
+export function uniform(shape: readonly number[], options: UniformOptions): Tensor {
+  return filled(shape, options, 'uniform', options?.low ?? 0, options?.high ?? 1);
+}
+
+/** One raw Philox4x32-10 block (for known-answer checks). */
+export function philox4x32(counter: readonly number[], key: readonly number[]): number[] {
+  return native().philox4x32([...counter], [...key]);
+}
