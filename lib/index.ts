@@ -9,3 +9,4 @@ export * as kernels from './kernels/index';
 export * as random from './random';
 export { backendInfo, setNumThreads, getNumThreads } from './backend';
 export type { BackendInfo } from './backend';
+export * as io from './io/index';
