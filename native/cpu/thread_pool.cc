@@ -28,7 +28,10 @@ class ThreadPool {
     stopWorkers();
     threads_ = std::max(1, threads);
     stopping_ = false;
-    for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { workerLoop(w); });
+    // New workers must not mistake the last region (already finished) for new work.
+    for (int w = 1; w < threads_; ++w) {
+      workers_.emplace_back([this, w, seen = generation_] { workerLoop(w, seen); });
+    }
     openblas_set_num_threads(threads_);
   }
 
@@ -70,8 +73,7 @@ class ThreadPool {
     insideWorker = false;
   }
 
-  void workerLoop(int worker) {
-    uint64_t seen = 0;
+  void workerLoop(int worker, uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
