@@ -1,0 +1,126 @@
+// The CUDA backend's class, shared by the .cu files that implement it:
+// cuda_backend.cu (device setup, memory, GEMM), cuda_tucker.cu (mode products,
+// Tucker reconstruction and scale gradient) and cuda_elementwise.cu (the rest).
+// Everything runs on one stream; every CUDA and cuBLAS error becomes a
+// tera::Error naming the call.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+#include "core/errors.h"
+#include "cuda/cublas_loader.h"
+
+namespace tera {
+namespace cuda {
+
+// Throws tera::Error("<call> failed: <name>: <text>") unless status is cudaSuccess.
+void check(cudaError_t status, const char* call);
+// Checks a kernel launch (cudaGetLastError).
+void checkLaunch(const char* kernel);
+
+#define TERA_CUDA_CHECK(call) ::tera::cuda::check((call), #call)
+
+// Grid size for a grid-stride loop over `count` items.
+int gridFor(int64_t count, int threads, int maxBlocks = 1 << 16);
+
+enum ScratchSlot {
+  kScratchMats,    // prepared factor matrices
+  kScratchStaged,  // pass-A result of the fused multi-mode product
+  kScratchPing,    // intermediates of the GEMM multi-mode product
+  kScratchPong,
+  kScratchCore,     // core-sized float work (the projected gradient H)
+  kScratchDoubles,  // suffix contractions, weights, partial sums
+  kScratchResult,   // reduction results and flags
+  kScratchCount
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const CublasApi* cublas, int device);
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::Cuda; }
+  std::string name() const override { return "cuda"; }
+
+  float* allocate(int64_t count) override;
+  void release(float* data) override;
+  void upload(float* dst, const float* host, int64_t count) override;
+  void download(float* host, const float* src, int64_t count) override;
+  void copy(float* dst, const float* src, int64_t count) override;
+  void synchronize() override;
+
+  void gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+            const float* b, float beta, float* c) override;
+  void modeProduct(const int64_t* shape, int order, int mode, const float* x, const float* matrix,
+                   int64_t rows, const float* scale, float* y) override;
+  void tuckerReconstruct(const TuckerShape& shape, const float* core, const float* const* factors,
+                         const float* const* scales, float alpha, float* out) override;
+  void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
+                       const float* const* factors, const float* const* scales,
+                       float* const* gradScales, bool overwriteGradX) override;
+  void randomFill(float* out, int64_t count, Distribution distribution, uint64_t seed,
+                  uint64_t stream, float a, float b) override;
+  void fill(float* out, int64_t count, float value) override;
+  void axpby(float* y, const float* x, int64_t count, float a, float b) override;
+  void multiply(float* out, const float* x, const float* y, int64_t count) override;
+  void scaleMatrix(float* out, const float* x, const float* v, int64_t rows, int64_t cols,
+                   bool perColumn) override;
+  void addRowVector(float* x, const float* v, int64_t rows, int64_t cols) override;
+  void sumAxis(float* out, const float* x, int64_t rows, int64_t cols, bool overColumns,
+               float beta) override;
+  void activationForward(Activation activation, float* y, const float* x, int64_t count) override;
+  void activationBackward(Activation activation, float* dx, const float* x, const float* dy,
+                          int64_t count, float beta) override;
+  double sum(const float* x, int64_t count) override;
+  double dot(const float* x, const float* y, int64_t count) override;
+  double softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
+                             int64_t classes, float* grad, float scale) override;
+  void argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) override;
+  void adamwStep(float* param, const float* grad, float* m, float* v, int64_t count,
+                 const AdamWSettings& settings) override;
+  void sgdStep(float* param, const float* grad, float* momentum, int64_t count,
+               const SgdSettings& settings) override;
+
+  // --- Shared by the implementation files ---
+  cudaStream_t stream() const { return stream_; }
+  int multiprocessors() const { return multiprocessors_; }
+  int sharedMemoryLimit() const { return sharedMemoryOptin_; }
+  // Grow-only device scratch; contents are not preserved when it grows.
+  void* scratch(ScratchSlot slot, size_t bytes);
+  float* scratchFloats(ScratchSlot slot, int64_t count) {
+    return static_cast<float*>(scratch(slot, size_t(count) * sizeof(float)));
+  }
+  double* scratchDoubles(ScratchSlot slot, int64_t count) {
+    return static_cast<double*>(scratch(slot, size_t(count) * sizeof(double)));
+  }
+  // out[P, J, Q] = U[J, K] in[P, K, Q] by cuBLAS (one GEMM or a strided batch).
+  void modeProductGemm(int64_t P, int64_t K, int64_t Q, int64_t J, const float* u, const float* in,
+                       float* out);
+  // Y = X x_1 M_1 ... x_N M_N, M_n of shape [outDims[n], inDims[n]] (device
+  // pointers); fused two-pass kernels when the shape allows, else GEMMs.
+  // out may equal in when order >= 2 (in is only read by the first pass).
+  void multiModeProduct(int order, const int64_t* inDims, const int64_t* outDims, const float* in,
+                        const float* const* mats, float* out);
+  // Raises the dynamic shared memory limits of the fused kernels (constructor).
+  void configureTuckerKernels();
+  // Downloads one double from device memory (synchronises).
+  double fetchDouble(const double* device);
+
+ private:
+  void cublasCall(int status, const char* call);
+
+  const CublasApi* cublas_;
+  CublasHandle handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  int multiprocessors_ = 1;
+  int sharedMemoryOptin_ = 48 * 1024;
+  void* scratch_[kScratchCount] = {};
+  size_t scratchBytes_[kScratchCount] = {};
+};
+
+}  // namespace cuda
+}  // namespace tera
