@@ -10,3 +10,4 @@ export * as random from './random';
 export { backendInfo, setNumThreads, getNumThreads } from './backend';
 export type { BackendInfo } from './backend';
 export * as io from './io/index';
+export * as autograd from './autograd/index';
