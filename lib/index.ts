@@ -11,3 +11,4 @@ export { backendInfo, setNumThreads, getNumThreads } from './backend';
 export type { BackendInfo } from './backend';
 export * as io from './io/index';
 export * as autograd from './autograd/index';
+export * as nn from './nn/index';
