@@ -12,3 +12,4 @@ export type { BackendInfo } from './backend';
 export * as io from './io/index';
 export * as autograd from './autograd/index';
 export * as nn from './nn/index';
+export * as optim from './optim/index';
