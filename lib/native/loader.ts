@@ -102,7 +102,7 @@ function likelyFixes(failures: Failure[], triedPrebuild: boolean): string[] {
         `${buildFromSource}), or delete build/ to use the prebuilt binary.`,
     );
   }
-  if (!triedPrebuild) {
+  if (!triedPrebuild && !process.env.TERA_ADDON_PATH) {
     fixes.push(
       `No prebuilt binary ships for ${platformTuple} (Node ${process.version}); build from source: ` +
         `${buildFromSource}  (needs ${sourceBuildNeeds}).`,

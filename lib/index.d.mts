@@ -1,4 +1,0 @@
-// Types of the ESM entry (index.mjs): the CommonJS API, also as the default export.
-import * as tera from './index.js';
-export * from './index.js';
-export default tera;

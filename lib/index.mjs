@@ -1,4 +1,0 @@
-// ESM entry: re-exports the CommonJS build, so `import tera from 'tera-peft'`
-// and `import { tensor } from 'tera-peft'` share one module and one addon.
-export * from './index.js';
-export { default } from './index.js';
