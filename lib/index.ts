@@ -13,3 +13,15 @@ export * as io from './io/index';
 export * as autograd from './autograd/index';
 export * as nn from './nn/index';
 export * as optim from './optim/index';
+export * as adapters from './adapters/index';
+export {
+  injectAdapter,
+  saveAdapter,
+  loadAdapter,
+  PeftModel,
+  TeraConfig,
+  VeraConfig,
+  LoraConfig,
+} from './adapters/index';
+export type { TeraConfigOptions, VeraConfigOptions, LoraConfigOptions } from './adapters/index';
+export { AdamW, SGD } from './optim/index';

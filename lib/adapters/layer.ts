@@ -1,0 +1,124 @@
+/**
+ * AdapterLinear: what injection puts in place of a Linear. It keeps the
+ * original layer as `base_layer` (PEFT's name) and any number of named
+ * adapters, of any method; one is active at a time. Parameter names follow
+ * PEFT: '<module>.base_layer.weight', '<module>.lora_A.<adapter>.weight',
+ * '<module>.vera_lambda_b.<adapter>', '<module>.tera_lambda_1.<adapter>'.
+ */
+import type { Input } from '../autograd/ops';
+import { Var, type Parameter } from '../autograd/var';
+import { Linear } from '../nn/layers';
+import { Module } from '../nn/module';
+import type { MethodLayer } from './method';
+
+/** 'lora_A.weight' + 'default' -> 'lora_A.default.weight'; 'vera_lambda_b' -> 'vera_lambda_b.default'. */
+export function insertAdapterName(suffix: string, adapterName: string): string {
+  const dot = suffix.indexOf('.');
+  return dot < 0 ? `${suffix}.${adapterName}` : `${suffix.slice(0, dot)}.${adapterName}${suffix.slice(dot)}`;
+}
+
+export class AdapterLinear extends Module {
+  readonly baseLayer: Linear;
+  /** Set by PeftModel.disableAdapters(): forward runs the base layer alone. */
+  disabled = false;
+  readonly #adapters = new Map<string, MethodLayer>();
+  readonly #merged: string[] = [];
+  #active: string | null = null;
+
+  constructor(base: Linear) {
+    super();
+    if (!(base instanceof Linear)) throw new Error('AdapterLinear wraps a Linear layer');
+    this.baseLayer = this.registerModule('base_layer', base);
+  }
+
+  get inFeatures(): number {
+    return this.baseLayer.inFeatures;
+  }
+
+  get outFeatures(): number {
+    return this.baseLayer.outFeatures;
+  }
+
+  get adapterNames(): string[] {
+    return [...this.#adapters.keys()];
+  }
+
+  /** The adapter forward() applies, or null (the layer runs as the base Linear). */
+  get activeAdapter(): string | null {
+    return this.#active;
+  }
+
+  /** Adapters whose update is currently added into the base weight. */
+  get mergedAdapters(): readonly string[] {
+    return [...this.#merged];
+  }
+
+  adapter(name: string): MethodLayer | undefined {
+    return this.#adapters.get(name);
+  }
+
+  /** Every adapter's trainable parameters (not the base layer's). */
+  adapterParameters(): Parameter[] {
+    return [...this.#adapters.values()].flatMap((layer) => [...layer.parameters.values()]);
+  }
+
+  addAdapter(name: string, layer: MethodLayer): void {
+    if (this.#adapters.has(name)) throw new Error(`this layer already has an adapter named '${name}'`);
+    this.#adapters.set(name, layer);
+    for (const [suffix, p] of layer.parameters) this.registerParameter(insertAdapterName(suffix, name), p);
+  }
+
+  /** Unmerges (if merged), unregisters and frees the adapter. */
+  removeAdapter(name: string): void {
+    const layer = this.#adapters.get(name);
+    if (layer === undefined) return;
+    if (this.#merged.includes(name)) this.unmerge(name);
+    for (const suffix of layer.parameters.keys()) this.removeParameter(insertAdapterName(suffix, name));
+    this.#adapters.delete(name);
+    if (this.#active === name) this.#active = null;
+    layer.dispose();
+  }
+
+  /** Frees every adapter without touching the base weight (merged updates stay in it). */
+  discardAdapters(): void {
+    this.#merged.length = 0;
+    for (const name of this.adapterNames) this.removeAdapter(name);
+  }
+
+  /** Makes `name` the active adapter here, or none if this layer does not have it. */
+  setActiveAdapter(name: string | null): void {
+    this.#active = name !== null && this.#adapters.has(name) ? name : null;
+  }
+
+  /** W0 += dW of `name` (no-op if merged already). */
+  merge(name: string): void {
+    const layer = this.#adapters.get(name);
+    if (layer === undefined || this.#merged.includes(name)) return;
+    layer.addDeltaTo(this.baseLayer.weight.data, 1);
+    this.#merged.push(name);
+  }
+
+  /** W0 -= dW of `name`, restoring W0 up to float32 rounding. */
+  unmerge(name: string): void {
+    const index = this.#merged.indexOf(name);
+    if (index < 0) return;
+    this.#adapters.get(name)!.addDeltaTo(this.baseLayer.weight.data, -1);
+    this.#merged.splice(index, 1);
+  }
+
+  forward(input: Input): Var {
+    const x = input instanceof Var ? input : new Var(input);
+    const active = this.#active === null ? undefined : this.#adapters.get(this.#active);
+    if (this.disabled || active === undefined || this.#merged.includes(this.#active!)) {
+      return this.baseLayer.forward(x);
+    }
+    return active.forward(x, this.baseLayer);
+  }
+
+  protected override describe(): string {
+    const parts = this.adapterNames.map(
+      (n) => `${n}${n === this.#active ? '*' : ''}${this.#merged.includes(n) ? ' (merged)' : ''}`,
+    );
+    return `AdapterLinear[${parts.join(', ')}]`;
+  }
+}

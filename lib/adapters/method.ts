@@ -1,0 +1,59 @@
+/**
+ * The contract between the shared machinery (injection, merge, files) and one
+ * adapter method (tera/, vera/, lora/). A method plans each layer without
+ * allocating anything, so a bad config or file is refused before the model or
+ * memory is touched, and then builds all of an adapter's layers at once (so
+ * VeRA can size its shared projections by the largest layer).
+ */
+import type { Var } from '../autograd/var';
+import type { Parameter } from '../autograd/var';
+import type { Linear } from '../nn/layers';
+import type { Tensor } from '../tensor/tensor';
+import type { AdapterConfig, JsonObject, PeftType } from './config';
+
+/** A tensor's key suffix in the adapter file ('lora_A.weight', 'tera_lambda_1') and shape. */
+export type TensorSpec = [suffix: string, shape: number[]];
+
+export interface LayerPlan {
+  /** The full dotted name of the Linear in the model. */
+  moduleName: string;
+  base: Linear;
+  /** The trainable tensors this layer will have, in file order. */
+  tensors: TensorSpec[];
+}
+
+export interface MethodLayer {
+  /** Trainable parameters keyed by their file suffix, in file order. */
+  readonly parameters: ReadonlyMap<string, Parameter>;
+  /** The adapted layer's full output: base(x) plus the update. */
+  forward(input: Var, base: Linear): Var;
+  /** weight += sign * dW, without d_out x d_in temporaries where the method allows. */
+  addDeltaTo(weight: Tensor, sign: 1 | -1): void;
+  /** Frozen tensors shared between layers, by file key, for configs that save them. */
+  sharedTensors(): Record<string, Tensor>;
+  /** Frees this layer's tensors and its share of the shared ones. */
+  dispose(): void;
+}
+
+export interface AdapterMethod<C extends AdapterConfig = AdapterConfig> {
+  readonly peftType: PeftType;
+  /** The layer's trainable tensors; throws naming the module if it cannot take this adapter. */
+  layerTensors(config: C, base: Linear, moduleName: string): TensorSpec[];
+  /** The shared frozen tensors a file holds for these layers (empty unless the config saves them). */
+  savedSharedShapes(config: C, plans: readonly LayerPlan[]): Record<string, number[]>;
+  /** Allocates and initialises the layers (all or none: frees what it made if one fails). */
+  createLayers(config: C, plans: readonly LayerPlan[], adapterName: string): MethodLayer[];
+  configFromJson(json: JsonObject): C;
+}
+
+/** Builds one layer per plan; if one fails, frees those already built and rethrows. */
+export function createAll(plans: readonly LayerPlan[], build: (plan: LayerPlan) => MethodLayer): MethodLayer[] {
+  const layers: MethodLayer[] = [];
+  try {
+    for (const plan of plans) layers.push(build(plan));
+  } catch (error) {
+    layers.forEach((layer) => layer.dispose());
+    throw error;
+  }
+  return layers;
+}

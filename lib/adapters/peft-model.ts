@@ -1,0 +1,214 @@
+/**
+ * PeftModel: the handle injectAdapter() and loadAdapter() return. It wraps the
+ * model (which injection changed in place) and offers PEFT's operations with
+ * camelCased names: printTrainableParameters, setAdapter, deleteAdapter,
+ * mergeAdapter, unmergeAdapter, mergeAndUnload, unload, and a disableAdapters
+ * scope (PEFT's `with model.disable_adapter():`).
+ */
+import type { Input } from '../autograd/ops';
+import type { Parameter, Var } from '../autograd/var';
+import { Module } from '../nn/module';
+import type { AdapterConfig } from './config';
+import type { AdapterLinear } from './layer';
+import {
+  adapterLayers,
+  adapterState,
+  applyActiveAdapter,
+  attachAdapter,
+  forgetAdapterState,
+  planInjection,
+} from './inject';
+
+export class PeftModel {
+  /** The model itself (its adapted Linear layers are AdapterLinear wrappers). */
+  readonly model: Module;
+
+  constructor(model: Module) {
+    if (!(model instanceof Module)) throw new Error('PeftModel wraps an nn.Module');
+    this.model = model;
+  }
+
+  /** Each adapter's config by name. */
+  get peftConfig(): Record<string, AdapterConfig> {
+    return Object.fromEntries([...adapterState(this.model).adapters].map(([name, r]) => [name, r.config]));
+  }
+
+  get adapterNames(): string[] {
+    return [...adapterState(this.model).adapters.keys()];
+  }
+
+  /** The adapter forward() applies (null when none is left). */
+  get activeAdapter(): string | null {
+    return adapterState(this.model).active;
+  }
+
+  forward(input: Input): Var {
+    return this.model.forward(input);
+  }
+
+  namedParameters(): [string, Parameter][] {
+    return this.model.namedParameters();
+  }
+
+  parameters(): Parameter[] {
+    return this.model.parameters();
+  }
+
+  /** The active adapter's parameters (what an optimiser should get). */
+  trainableParameters(): Parameter[] {
+    return this.model.trainableParameters();
+  }
+
+  /** The adapted layers with their dotted names. */
+  adapterLayers(): [string, AdapterLinear][] {
+    return adapterLayers(this.model);
+  }
+
+  /** [trainable, all] parameter counts, as PEFT's get_nb_trainable_parameters (frozen factors are not parameters). */
+  getNbTrainableParameters(): [trainable: number, all: number] {
+    return [this.model.numParameters({ trainableOnly: true }), this.model.numParameters()];
+  }
+
+  /** Prints and returns PEFT's line: "trainable params: 1,536 || all params: 1,050,112 || trainable%: 0.1463". */
+  printTrainableParameters(): string {
+    const [trainable, all] = this.getNbTrainableParameters();
+    const format = (n: number) => n.toLocaleString('en-US');
+    const percent = all === 0 ? 0 : (100 * trainable) / all;
+    const line = `trainable params: ${format(trainable)} || all params: ${format(all)} || trainable%: ${percent.toFixed(4)}`;
+    console.log(line);
+    return line;
+  }
+
+  /** Injects another adapter (PEFT's add_adapter); the active adapter does not change. */
+  addAdapter(adapterName: string, config: AdapterConfig): this {
+    injectInto(this.model, config, adapterName);
+    return this;
+  }
+
+  /** Makes `adapterName` the one forward() uses and the only one that trains. */
+  setAdapter(adapterName: string): void {
+    const state = adapterState(this.model);
+    this.#require(adapterName);
+    state.active = adapterName;
+    applyActiveAdapter(this.model);
+  }
+
+  /** Removes an adapter everywhere (unmerging it first); a layer left with none becomes its Linear again. */
+  deleteAdapter(adapterName: string): void {
+    const state = adapterState(this.model);
+    this.#require(adapterName);
+    for (const [name, layer] of adapterLayers(this.model)) {
+      layer.removeAdapter(adapterName);
+      if (layer.adapterNames.length === 0) this.model.setSubmodule(name, layer.baseLayer);
+    }
+    state.adapters.delete(adapterName);
+    if (state.active === adapterName) state.active = state.adapters.keys().next().value ?? null;
+    applyActiveAdapter(this.model);
+  }
+
+  /** Adds the adapters' updates into the base weights (default: the active adapter). */
+  mergeAdapter(adapterNames?: readonly string[]): void {
+    const names = adapterNames ?? (this.activeAdapter === null ? [] : [this.activeAdapter]);
+    names.forEach((n) => this.#require(n));
+    for (const [, layer] of adapterLayers(this.model)) names.forEach((n) => layer.merge(n));
+  }
+
+  /** Subtracts every merged update again, restoring W0 up to float32 rounding. */
+  unmergeAdapter(): void {
+    for (const [, layer] of adapterLayers(this.model)) {
+      for (const name of [...layer.mergedAdapters].reverse()) layer.unmerge(name);
+    }
+  }
+
+  /** Whether any layer holds a merged update. */
+  get merged(): boolean {
+    return adapterLayers(this.model).some(([, layer]) => layer.mergedAdapters.length > 0);
+  }
+
+  /**
+   * Merges the active adapter, then replaces every AdapterLinear by its Linear
+   * and frees all adapters: returns the plain model, at zero extra cost per token.
+   */
+  mergeAndUnload(): Module {
+    this.mergeAdapter();
+    return this.#unwrap();
+  }
+
+  /** Removes every adapter without merging (unmerging any merged one): returns the base model. */
+  unload(): Module {
+    this.unmergeAdapter();
+    return this.#unwrap();
+  }
+
+  /**
+   * Runs `fn` with every adapter switched off, so the model computes exactly
+   * the base output. Merged adapters are unmerged first (with a warning), as PEFT
+   * does. An async `fn` keeps them off until its promise settles.
+   */
+  disableAdapters<T>(fn: () => T): T {
+    if (this.merged) {
+      process.emitWarning('disableAdapters: unmerging merged adapters first; the base weights are restored');
+      this.unmergeAdapter();
+    }
+    const layers = adapterLayers(this.model).map(([, layer]) => layer);
+    const restore = () => layers.forEach((layer) => (layer.disabled = false));
+    layers.forEach((layer) => (layer.disabled = true));
+    let result: T;
+    try {
+      result = fn();
+    } catch (error) {
+      restore();
+      throw error;
+    }
+    if (result instanceof Promise) return result.finally(restore) as T;
+    restore();
+    return result;
+  }
+
+  train(mode = true): this {
+    this.model.train(mode);
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  toString(): string {
+    return `PeftModel(active=${this.activeAdapter}, adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
+  }
+
+  #require(adapterName: string): void {
+    if (!adapterState(this.model).adapters.has(adapterName)) {
+      throw new Error(`no adapter named '${adapterName}'; adapters: ${this.adapterNames.join(', ') || '(none)'}`);
+    }
+  }
+
+  #unwrap(): Module {
+    for (const [name, layer] of adapterLayers(this.model)) {
+      layer.discardAdapters();
+      this.model.setSubmodule(name, layer.baseLayer);
+    }
+    forgetAdapterState(this.model);
+    return this.model;
+  }
+}
+
+function injectInto(model: Module, config: AdapterConfig, adapterName: string): void {
+  const plan = planInjection(model, config, adapterName);
+  const built = plan.method.createLayers(config, plan.layers, adapterName);
+  attachAdapter(model, plan, built, true);
+}
+
+/**
+ * Replaces the Linear layers of `model` that `config` targets with adapted
+ * layers, in place, and freezes everything but the adapters. The first adapter
+ * of a model becomes the active one. Throws, leaving the model unchanged, if a
+ * target matches nothing (listing the modules that exist), a matched module is
+ * not a Linear, or a layer's shape does not suit the method.
+ */
+export function injectAdapter(model: Module | PeftModel, config: AdapterConfig, adapterName = 'default'): PeftModel {
+  const module = model instanceof PeftModel ? model.model : model;
+  injectInto(module, config, adapterName);
+  return model instanceof PeftModel ? model : new PeftModel(module);
+}

@@ -1,0 +1,201 @@
+/**
+ * TeRA's config and its tensorisation rule (docs: shared/docs/tera-math.md).
+ * dW = alpha * reshape(G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), [out, in])
+ * over the modes (o_1..o_P, i_1..i_Q) of d_out = o_1 ... o_P and d_in = i_1 ... i_Q.
+ */
+import {
+  AdapterConfig,
+  type JsonObject,
+  type TargetOptions,
+  checkBoolean,
+  checkFinite,
+  checkInteger,
+  checkSeed,
+  field,
+  targetsFromJson,
+} from '../config';
+
+/** The native Tucker kernels take tensors of order 1 to 8. */
+export const MAX_TERA_ORDER = 8;
+
+export interface TeraConfigOptions extends TargetOptions {
+  /** Largest default mode size (default 16): see factorizeDimension. */
+  maxModeSize?: number;
+  /** R_n = min(I_n, maxRank) unless `ranks` is given (default 16: full Tucker rank for default modes). */
+  maxRank?: number;
+  /** Modes of d_out (product must equal it), overriding the default factorisation for every target. */
+  outModes?: readonly number[] | null;
+  /** Modes of d_in, likewise. */
+  inModes?: readonly number[] | null;
+  /** One rank per mode (out modes first), overriding maxRank. */
+  ranks?: readonly number[] | null;
+  /** Multiplies dW (default 1). */
+  alpha?: number;
+  /** Seeds the frozen core and factors (default 0). */
+  seed?: number;
+  /** Store the frozen core and factors in the adapter file (default false: they regenerate from the seed). */
+  saveFactors?: boolean;
+}
+
+function checkDims(value: unknown, what: string): readonly number[] | null {
+  if (value === undefined || value === null) return null;
+  if (!Array.isArray(value) || value.length === 0) throw new Error(`${what} must be a non-empty array of integers`);
+  value.forEach((d, i) => checkInteger(d, `${what}[${i}]`, 1));
+  return Object.freeze([...value]);
+}
+
+export class TeraConfig extends AdapterConfig {
+  readonly peftType = 'TERA' as const;
+  readonly maxModeSize: number;
+  readonly maxRank: number;
+  readonly outModes: readonly number[] | null;
+  readonly inModes: readonly number[] | null;
+  readonly ranks: readonly number[] | null;
+  readonly alpha: number;
+  readonly seed: number;
+  readonly saveFactors: boolean;
+
+  constructor(options: TeraConfigOptions) {
+    super(options, 'TeraConfig');
+    this.maxModeSize = checkInteger(options.maxModeSize ?? 16, 'TeraConfig: maxModeSize', 2);
+    this.maxRank = checkInteger(options.maxRank ?? 16, 'TeraConfig: maxRank', 1);
+    this.outModes = checkDims(options.outModes, 'TeraConfig: outModes');
+    this.inModes = checkDims(options.inModes, 'TeraConfig: inModes');
+    this.ranks = checkDims(options.ranks, 'TeraConfig: ranks');
+    this.alpha = checkFinite(options.alpha ?? 1, 'TeraConfig: alpha');
+    this.seed = checkSeed(options.seed ?? 0, 'TeraConfig: seed');
+    this.saveFactors = checkBoolean(options.saveFactors ?? false, 'TeraConfig: saveFactors');
+  }
+
+  protected methodJson(): JsonObject {
+    return {
+      max_mode_size: this.maxModeSize,
+      max_rank: this.maxRank,
+      out_modes: this.outModes === null ? null : [...this.outModes],
+      in_modes: this.inModes === null ? null : [...this.inModes],
+      ranks: this.ranks === null ? null : [...this.ranks],
+      alpha: this.alpha,
+      seed: this.seed,
+      save_factors: this.saveFactors,
+    };
+  }
+
+  static fromJson(json: JsonObject): TeraConfig {
+    return new TeraConfig({
+      ...targetsFromJson(json),
+      maxModeSize: field(json, 'max_mode_size', 16),
+      maxRank: field(json, 'max_rank', 16),
+      outModes: field<number[] | null>(json, 'out_modes', null),
+      inModes: field<number[] | null>(json, 'in_modes', null),
+      ranks: field<number[] | null>(json, 'ranks', null),
+      alpha: field(json, 'alpha', 1),
+      seed: field(json, 'seed', 0),
+      saveFactors: field(json, 'save_factors', false),
+    });
+  }
+}
+
+function primeFactors(d: number): number[] {
+  const out: number[] = [];
+  for (let p = 2; p * p <= d; p++) {
+    while (d % p === 0) {
+      out.push(p);
+      d /= p;
+    }
+  }
+  if (d > 1) out.push(d);
+  return out;
+}
+
+/**
+ * Splits m into exactly k factors, each <= limit, as balanced as possible
+ * (smallest largest factor, then smallest sum of squares); null if impossible.
+ */
+function balancedSplit(m: number, k: number, limit: number): number[] | null {
+  const divisors: number[] = [];
+  for (let f = 2; f <= Math.min(m, limit); f++) if (m % f === 0) divisors.push(f);
+  let best: number[] | null = null;
+  const score = (s: number[]): [number, number] => [s[s.length - 1], s.reduce((a, f) => a + f * f, 0)];
+  const better = (s: number[]): boolean => {
+    if (best === null) return true;
+    const [maxA, sqA] = score(s);
+    const [maxB, sqB] = score(best);
+    return maxA < maxB || (maxA === maxB && sqA < sqB);
+  };
+  // Non-decreasing sequences of divisors whose product is m.
+  const walk = (rest: number, from: number, sequence: number[]): void => {
+    if (sequence.length === k - 1) {
+      if (rest >= (sequence[sequence.length - 1] ?? 2) && rest <= limit && better([...sequence, rest])) {
+        best = [...sequence, rest];
+      }
+      return;
+    }
+    for (let i = from; i < divisors.length; i++) {
+      const f = divisors[i];
+      if (f ** (k - sequence.length) > rest) break;
+      if (rest % f === 0) walk(rest / f, i, [...sequence, f]);
+    }
+  };
+  walk(m, 0, []);
+  return best;
+}
+
+/**
+ * The default modes of a dimension: the fewest factors that are each <=
+ * maxModeSize, as balanced as possible, in ascending order (4096 -> 16x16x16,
+ * 768 -> 8x8x12, 1000 -> 10x10x10). A prime factor > maxModeSize stays one
+ * mode (11008 = 2^8 * 43 -> 16x16x43); 1 -> [1].
+ */
+export function factorizeDimension(d: number, maxModeSize = 16): number[] {
+  checkInteger(d, 'factorizeDimension: d', 1);
+  checkInteger(maxModeSize, 'factorizeDimension: maxModeSize', 2);
+  const primes = primeFactors(d);
+  const large = primes.filter((p) => p > maxModeSize);
+  const small = primes.filter((p) => p <= maxModeSize).reduce((a, p) => a * p, 1);
+  let modes: number[] = [];
+  if (small > 1) {
+    for (let k = 1; ; k++) {
+      const split = balancedSplit(small, k, maxModeSize);
+      if (split !== null) {
+        modes = split;
+        break;
+      }
+    }
+  }
+  modes.push(...large);
+  return modes.length === 0 ? [1] : modes.sort((a, b) => a - b);
+}
+
+/** The Tucker shape of one layer. */
+export interface TeraShape {
+  outModes: number[];
+  inModes: number[];
+  /** outModes then inModes. */
+  modes: number[];
+  ranks: number[];
+}
+
+const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+
+/** The modes and ranks `config` gives a [outFeatures, inFeatures] layer; throws naming the module if invalid. */
+export function teraShape(config: TeraConfig, outFeatures: number, inFeatures: number, moduleName: string): TeraShape {
+  const fail = (problem: string): never => {
+    throw new Error(`TeRA cannot adapt '${moduleName}' ([${outFeatures}, ${inFeatures}]): ${problem}`);
+  };
+  const outModes = config.outModes ? [...config.outModes] : factorizeDimension(outFeatures, config.maxModeSize);
+  const inModes = config.inModes ? [...config.inModes] : factorizeDimension(inFeatures, config.maxModeSize);
+  if (product(outModes) !== outFeatures) fail(`outModes [${outModes.join(', ')}] multiply to ${product(outModes)}`);
+  if (product(inModes) !== inFeatures) fail(`inModes [${inModes.join(', ')}] multiply to ${product(inModes)}`);
+  const modes = [...outModes, ...inModes];
+  if (modes.length > MAX_TERA_ORDER) {
+    fail(
+      `its ${modes.length} modes [${modes.join(', ')}] exceed the kernels' limit of ${MAX_TERA_ORDER}; ` +
+        'raise maxModeSize or give outModes / inModes',
+    );
+  }
+  const ranks = config.ranks ? [...config.ranks] : modes.map((m) => Math.min(m, config.maxRank));
+  if (ranks.length !== modes.length) {
+    fail(`ranks has ${ranks.length} entries but there are ${modes.length} modes [${modes.join(', ')}]`);
+  }
+  return { outModes, inModes, modes, ranks };
+}

@@ -1,0 +1,154 @@
+/**
+ * One Linear's TeRA update and its fused training op.
+ *
+ * Buffer strategy (per layer only the N vectors l_n are owned; everything
+ * large is shared):
+ * - G and A_n come from the registry, one copy per signature (tera/model.ts).
+ * - One workspace of d_out x d_in floats per layer size, shared by all TeRA
+ *   layers of that size (workspace.ts). Forward writes W_eff = W0 + dW there
+ *   (native tuckerReconstruct with alpha folded in, then one axpby) and runs a
+ *   single GEMM y = x W_eff^T + b.
+ * - Backward: dx = dY W_eff, rebuilding W_eff first if another layer has used
+ *   the workspace since this layer's forward; then the same buffer receives
+ *   gradX = alpha dY^T x, and native tuckerScaleGrad (overwriteGradX) projects
+ *   it into core space in place (modes == ranks) and yields every dl_n.
+ * So a stack of adapted layers needs the shared factors plus one workspace per
+ * distinct shape, never d_out x d_in per layer.
+ */
+import { Parameter, type Var, record } from '../../autograd/var';
+import type { Linear } from '../../nn/layers';
+import { native } from '../../native/loader';
+import { type Tensor, formatShape, ones, zeros } from '../../tensor/tensor';
+import type { MethodLayer } from '../method';
+import { type Workspace, acquireWorkspace, releaseWorkspace } from '../workspace';
+import type { TeraConfig, TeraShape } from './config';
+import { type TeraFactors, acquireFactors, factorKeys } from './model';
+
+export class TeraLayer implements MethodLayer {
+  readonly parameters: ReadonlyMap<string, Parameter>;
+  /** l_1 .. l_N. */
+  readonly lambdas: readonly Parameter[];
+  readonly shared: TeraFactors;
+  readonly alpha: number;
+  readonly #workspace: Workspace;
+  readonly #saveFactors: boolean;
+
+  constructor(config: TeraConfig, shape: TeraShape, base: Linear) {
+    const device = base.weight.device;
+    // l_1 = 0 and l_n = 1 otherwise: dW = 0 at the start, yet every l_n gets a gradient.
+    this.lambdas = shape.ranks.map((r, n) => new Parameter(n === 0 ? zeros([r], { device }) : ones([r], { device })));
+    this.parameters = new Map(this.lambdas.map((l, n) => [`tera_lambda_${n + 1}`, l]));
+    this.alpha = config.alpha;
+    this.#saveFactors = config.saveFactors;
+    let shared: TeraFactors | null = null;
+    try {
+      shared = acquireFactors(config.seed, shape, device);
+      this.#workspace = acquireWorkspace(device, base.outFeatures * base.inFeatures);
+    } catch (error) {
+      shared?.release();
+      this.lambdas.forEach((l) => l.dispose());
+      throw error;
+    }
+    this.shared = shared;
+  }
+
+  /** Writes alpha * sign * dW into the workspace. */
+  #reconstruct(alphaSign: number): void {
+    const { core, factors, shape } = this.shared;
+    native().tuckerReconstruct(
+      core.storage,
+      shape.modes,
+      shape.ranks,
+      factors.map((f) => f.storage),
+      this.lambdas.map((l) => l.data.storage),
+      this.alpha * alphaSign,
+      this.#workspace.tensor.storage,
+    );
+  }
+
+  /** Writes W_eff = weight + dW into the workspace and marks it as `holder`'s. */
+  #writeEffectiveWeight(weight: Tensor, holder: object): void {
+    this.#reconstruct(1);
+    native().axpby(this.#workspace.tensor.storage, weight.storage, 1, 1);
+    this.#workspace.holder = holder;
+  }
+
+  forward(input: Var, base: Linear): Var {
+    const x = input;
+    const w = base.weight;
+    const b = base.bias;
+    const [outF, inF] = w.shape;
+    const cols = x.shape[x.shape.length - 1];
+    if (cols !== inF) {
+      throw new Error(`TeRA layer: input ${formatShape(x.shape)} ends in ${cols} features, the layer takes ${inF}`);
+    }
+    const rows = x.size / inF;
+    const n = native();
+    const ws = this.#workspace;
+    const holder = {};
+    this.#writeEffectiveWeight(w.data, holder);
+    const out = zeros([...x.shape.slice(0, -1), outF], { device: x.device });
+    n.gemm(false, true, rows, outF, inF, 1, x.data.storage, ws.tensor.storage, 0, out.storage);
+    if (b !== null) n.addRowVector(out.storage, b.data.storage, rows, outF);
+
+    return record(out, [x, w, b, ...this.lambdas], (g, sink) => {
+      const G = g.storage;
+      const X = x.data.storage;
+      if (b?.requiresGrad) {
+        const db = zeros([outF], { device: g.device });
+        n.sumAxis(db.storage, G, rows, outF, false, 0);
+        sink(b, db);
+      }
+      if (w.requiresGrad) {
+        const dw = zeros([outF, inF], { device: g.device });
+        n.gemm(true, false, outF, inF, rows, 1, G, X, 0, dw.storage);
+        sink(w, dw);
+      }
+      if (x.requiresGrad) {
+        if (ws.holder !== holder) this.#writeEffectiveWeight(w.data, holder);
+        const dx = zeros(x.shape, { device: g.device });
+        n.gemm(false, false, rows, inF, outF, 1, G, ws.tensor.storage, 0, dx.storage);
+        sink(x, dx);
+      }
+      if (this.lambdas.some((l) => l.requiresGrad)) {
+        // gradX = alpha dY^T x overwrites W_eff; the kernel then uses it as scratch.
+        ws.holder = null;
+        n.gemm(true, false, outF, inF, rows, this.alpha, G, X, 0, ws.tensor.storage);
+        const grads = this.lambdas.map((l) => zeros(l.shape, { device: g.device }));
+        const { core, factors, shape } = this.shared;
+        n.tuckerScaleGrad(
+          ws.tensor.storage,
+          core.storage,
+          shape.modes,
+          shape.ranks,
+          factors.map((f) => f.storage),
+          this.lambdas.map((l) => l.data.storage),
+          grads.map((t) => t.storage),
+          true,
+        );
+        this.lambdas.forEach((l, i) => sink(l, grads[i]));
+      }
+    });
+  }
+
+  addDeltaTo(weight: Tensor, sign: 1 | -1): void {
+    this.#reconstruct(sign);
+    native().axpby(weight.storage, this.#workspace.tensor.storage, 1, 1);
+    this.#workspace.holder = null;
+  }
+
+  sharedTensors(): Record<string, Tensor> {
+    if (!this.#saveFactors) return {};
+    const keys = factorKeys(this.shared.shape);
+    return {
+      [keys.core]: this.shared.core,
+      ...Object.fromEntries(keys.factors.map((key, n) => [key, this.shared.factors[n]])),
+    };
+  }
+
+  dispose(): void {
+    this.lambdas.forEach((l) => l.dispose());
+    this.shared.release();
+    releaseWorkspace(this.#workspace);
+  }
+}

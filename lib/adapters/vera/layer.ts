@@ -1,0 +1,50 @@
+/** One Linear's VeRA update: trainable lambda_b [out] and lambda_d [r] over shared frozen A, B. */
+import { Parameter, Var } from '../../autograd/var';
+import type { Linear } from '../../nn/layers';
+import { type Tensor, full, zeros } from '../../tensor/tensor';
+import { addLowRankDelta, type LowRankParts, lowRankLinear } from '../low-rank';
+import type { MethodLayer } from '../method';
+import type { VeraProjections } from './model';
+
+export class VeraLayer implements MethodLayer {
+  readonly parameters: ReadonlyMap<string, Parameter>;
+  readonly #parts: LowRankParts;
+  readonly #projections: VeraProjections;
+
+  constructor(projections: VeraProjections, base: Linear, dInitial: number) {
+    const device = base.weight.device;
+    const r = projections.r;
+    const lambdaB = new Parameter(zeros([base.outFeatures], { device }));
+    const lambdaD = new Parameter(full([r], dInitial, { device }));
+    this.parameters = new Map([
+      ['vera_lambda_b', lambdaB],
+      ['vera_lambda_d', lambdaD],
+    ]);
+    this.#parts = {
+      a: new Var(projections.sliceA(base.inFeatures)),
+      b: new Var(projections.sliceB(base.outFeatures)),
+      scale: 1,
+      rankScale: lambdaD,
+      outScale: lambdaB,
+    };
+    this.#projections = projections;
+    projections.acquire();
+  }
+
+  forward(input: Var, base: Linear): Var {
+    return lowRankLinear(input, base.weight, base.bias, this.#parts);
+  }
+
+  addDeltaTo(weight: Tensor, sign: 1 | -1): void {
+    addLowRankDelta(weight, this.#parts, sign);
+  }
+
+  sharedTensors(): Record<string, Tensor> {
+    return this.#projections.saved();
+  }
+
+  dispose(): void {
+    for (const p of this.parameters.values()) p.dispose();
+    this.#projections.release();
+  }
+}
