@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 // npm's install hook. Uses the prebuilt binary when one loads on this machine;
 // otherwise (or with npm_config_build_from_source=true) builds from source with
-// cmake-js into build/, the folder the loader tries first. When the build
-// cannot even start, says exactly what to install instead of failing deep in
-// CMake. A git clone has no prebuilds, so `npm ci` there does the developer
-// build, and later `npm run build:native` calls find it up to date.
+// cmake-js into build/, the folder the loader tries first. A build/ that exists
+// already is brought up to date, since the loader would prefer it over the
+// prebuilt binary. When the build cannot even start, says exactly what to
+// install instead of failing deep in CMake. A git clone has no prebuilds, so
+// `npm ci` there does the developer build, and later `npm run build:native`
+// calls find it up to date.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -13,13 +15,14 @@ import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const packageRoot = path.resolve(import.meta.dirname, '..');
+const localBuild = path.join(packageRoot, 'build', 'Release', 'tera.node');
 const say = (line) => console.log(`tera-peft: ${line}`);
 
 const installHelp = [
   '  Debian/Ubuntu: sudo apt-get install cmake g++ make libopenblas-dev',
   '  Fedora/RHEL:   sudo dnf install cmake gcc-c++ make openblas-devel',
   '  For GPU support also install the CUDA toolkit (nvcc, CUDA 12 or 13); without it the build is CPU-only.',
-  '  Then run again: npm rebuild tera-peft --foreground-scripts',
+  '  Then run again: npm_config_build_from_source=true npm rebuild tera-peft --foreground-scripts',
 ].join('\n');
 
 /** The path of a prebuilt binary that loads here, or why there is none. */
@@ -77,11 +80,16 @@ function buildFromSource() {
     console.error(installHelp);
     process.exit(1);
   }
-  say('built build/Release/tera.node');
+  say(`built ${path.relative(packageRoot, localBuild)}`);
 }
 
 if (process.env.npm_config_build_from_source === 'true') {
   say('npm_config_build_from_source=true: skipping the prebuilt binary');
+  buildFromSource();
+} else if (fs.existsSync(localBuild)) {
+  say(
+    `updating the local build ${path.relative(packageRoot, localBuild)}, which the loader prefers (delete build/ to use the prebuilt binary)`,
+  );
   buildFromSource();
 } else {
   const prebuild = findPrebuild();

@@ -331,6 +331,25 @@ describe('the npm package', () => {
     expect(result.status).toBe(0);
   });
 
+  it('explains a binary that does not load: each path tried, its error, and the fixes', () => {
+    const broken = path.join(work, 'broken');
+    fs.cpSync(app, broken, { recursive: true, verbatimSymlinks: true });
+    const packageDir = path.join(broken, 'node_modules', 'tera-peft');
+    const prebuild = path.join(packageDir, pack.files.find((f) => f.path.startsWith('prebuilds/'))?.path ?? 'missing');
+    fs.writeFileSync(prebuild, 'not an ELF file');
+    const result = run(process.execPath, ['main.cjs'], broken, noToolsEnv);
+    expect(result.status).toBe(1);
+    expect(result.output).toContain('tera-peft: could not load its native addon');
+    expect(result.output).toContain(
+      `${path.join(packageDir, 'build', 'Release', 'tera.node')} (local build): not found`,
+    );
+    expect(result.output).toMatch(new RegExp(`${prebuild} \\(prebuild\\): (file too short|invalid ELF header)`));
+    expect(result.output).toContain('A binary is damaged, built for another platform');
+    expect(result.output).toContain(
+      'Build from source instead of using the prebuilt binary: npm_config_build_from_source',
+    );
+  });
+
   it('says what to install when a source build is forced without build tools', () => {
     const env = { ...noToolsEnv, npm_config_build_from_source: 'true' };
     const result = run('npm', ['rebuild', 'tera-peft', '--foreground-scripts'], app, env);
@@ -354,5 +373,13 @@ describe('the npm package', () => {
     expect(result.addon).toBe(path.join(sourceApp, 'node_modules', 'tera-peft', 'build', 'Release', 'tera.node'));
     expect(result.cuda.built).toBe(false);
     expectWorkingPackage(result);
+    // A plain rebuild keeps the local build current rather than switching to the prebuilt binary.
+    const again = mustRun(
+      'npm',
+      ['rebuild', 'tera-peft', '--foreground-scripts'],
+      sourceApp,
+      userEnv({ TERA_CUDA: '0' }),
+    );
+    expect(again.output).toContain('tera-peft: updating the local build build/Release/tera.node');
   }, 600_000);
 });

@@ -49,9 +49,9 @@ const packageRoot = path.resolve(__dirname, '..', '..');
 const platformTuple = `${process.platform}-${process.arch}`;
 const prebuildsFolder = path.join(packageRoot, 'prebuilds', platformTuple);
 const localBuild = path.join(packageRoot, 'build', 'Release', 'tera.node');
-const buildFromSource = 'npm_config_build_from_source=true npm install tera-peft';
-const sourceBuildNeeds =
-  'cmake, a C++17 compiler, make and OpenBLAS (Debian/Ubuntu: apt-get install cmake g++ make libopenblas-dev)';
+const buildFromSource =
+  'npm_config_build_from_source=true npm rebuild tera-peft --foreground-scripts  (needs cmake, a C++17 compiler, ' +
+  'make and OpenBLAS; Debian/Ubuntu: apt-get install cmake g++ make libopenblas-dev)';
 
 /** Prebuilt binaries for this platform, best match first; [] when none ships for it. */
 function prebuildCandidates(): Candidate[] {
@@ -81,36 +81,34 @@ function candidates(): Candidate[] {
 function likelyFixes(failures: Failure[], triedPrebuild: boolean): string[] {
   const fixes: string[] = [];
   const errors = failures.map((f) => f.error).join('\n');
+  const failed = (source: AddonSource) =>
+    failures.some((f) => f.candidate.source === source && f.error !== 'not found');
   if (failures.some((f) => f.candidate.source === 'TERA_ADDON_PATH')) {
     fixes.push('Unset TERA_ADDON_PATH, or point it at a tera.node built for this machine.');
   }
-  if (/GLIBC_[\d.]+'? not found|GLIBCXX_[\d.]+'? not found|CXXABI_[\d.]+'? not found/.test(errors)) {
+  if (/(GLIBC|GLIBCXX|CXXABI)_[\d.]+'? not found/.test(errors)) {
     fixes.push(
       'The prebuilt binary needs glibc >= 2.35 and the C++ runtime of GCC >= 12 (Debian 12, Ubuntu 22.04, ' +
-        `Fedora 36 or newer). On an older system build from source: ${buildFromSource}`,
+        'Fedora 36 or newer); this system is older.',
     );
   }
-  if (/invalid ELF header|wrong ELF class|ELF file's phentsize|cannot open shared object file/.test(errors)) {
+  if (/invalid ELF header|wrong ELF class|file too short|cannot open shared object file/.test(errors)) {
     fixes.push(
-      'The binary was built for another platform, or a library it needs is missing: reinstall on this machine ' +
-        '(rm -rf node_modules && npm install) rather than copying node_modules from elsewhere.',
+      'A binary is damaged, built for another platform, or needs a library this system lacks: reinstall on this ' +
+        'machine (rm -rf node_modules && npm install) rather than copying node_modules from elsewhere.',
     );
   }
-  if (failures.some((f) => f.candidate.source === 'local build' && f.error !== 'not found')) {
+  if (failed('local build')) {
     fixes.push(
-      'The local build in build/Release does not load: rebuild it (npm run build:native, or ' +
-        `${buildFromSource}), or delete build/ to use the prebuilt binary.`,
+      'The local build in build/Release does not load: rebuild it, or delete build/ to use the prebuilt binary.',
     );
   }
+  if (failed('prebuild')) fixes.push(`Build from source instead of using the prebuilt binary: ${buildFromSource}`);
   if (!triedPrebuild && !process.env.TERA_ADDON_PATH) {
-    fixes.push(
-      `No prebuilt binary ships for ${platformTuple} (Node ${process.version}); build from source: ` +
-        `${buildFromSource}  (needs ${sourceBuildNeeds}).`,
-    );
+    fixes.push(`No prebuilt binary ships for ${platformTuple}; build from source: ${buildFromSource}`);
   }
   fixes.push(
-    'If npm ran with --ignore-scripts, or the install script failed, run it again: ' +
-      'npm rebuild tera-peft --foreground-scripts',
+    'If the install script was skipped (--ignore-scripts) or failed: npm rebuild tera-peft --foreground-scripts',
   );
   fixes.push('More help: docs/troubleshooting.md in the tera-peft repository.');
   return fixes;
@@ -128,7 +126,9 @@ function loadAddon(): LoadedAddon {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       return { binding: require(candidate.path) as NativeBinding, ...candidate };
     } catch (error) {
-      failures.push({ candidate, error: (error as Error).message.replace(/\s+/g, ' ').trim() });
+      // require() puts the path first; it is already in the list.
+      const message = (error as Error).message.replace(`${candidate.path}: `, '');
+      failures.push({ candidate, error: message.replace(/\s+/g, ' ').trim() });
     }
   }
   const triedPrebuild = list.some((c) => c.source === 'prebuild');
