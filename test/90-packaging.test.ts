@@ -2,10 +2,11 @@
  * What `npm install tera-peft` gives a user. Packs the package, checks the
  * tarball's file list and the prebuilt binary, installs the tarball into a fresh
  * project with a PATH that has no cmake, no C/C++ compiler, no make and no nvcc,
- * then runs a kernel and a training step from CommonJS and from ESM, and
- * type-checks both entry points. Also checks both source-build paths of the
- * install script: told what to install when the tools are missing, and a real
- * CPU-only cmake-js build when they are there.
+ * then runs a kernel and a TeRA adapter training step from CommonJS and from
+ * ESM, and type-checks both entry points. Also checks how a binary that does
+ * not load is explained, and both source-build paths of the install script:
+ * told what to install when the tools are missing, and a real CPU-only cmake-js
+ * build when they are there.
  *
  * Offline: the fresh project gets a lockfile made from ours, so `npm ci
  * --offline` takes every dependency from the npm cache that our own `npm ci`
@@ -163,18 +164,20 @@ module.exports = function check(tera) {
   const b = tera.tensor(new Float32Array([1, 0, 0, 1, 1, 1]), [3, 2]);
   const gemm = Array.from(tera.kernels.gemm(a, b).toFloat32Array());
 
-  // One training step on a fixed batch: the loss on that batch must drop.
-  const { nn, optim, autograd } = tera;
-  const model = new nn.Linear(4, 3, { seed: 7 });
-  const opt = new optim.AdamW(model.parameters(), { lr: 0.1 });
-  const input = tera.tensor(Float32Array.from({ length: 8 }, (_, i) => Math.sin(i + 1)), [2, 4]);
+  // One TeRA adapter training step on a fixed batch: the loss on that batch must drop.
+  const { nn, autograd } = tera;
+  const base = new nn.Sequential(new nn.Linear(16, 16, { seed: 1 }), new nn.ReLU(), new nn.Linear(16, 3, { seed: 2 }));
+  const model = tera.injectAdapter(base, new tera.TeraConfig({ targetModules: ['0'] }));
+  const [trainable, all] = model.getNbTrainableParameters();
+  const opt = new tera.AdamW(model.trainableParameters(), { lr: 0.05 });
+  const input = tera.tensor(Float32Array.from({ length: 32 }, (_, i) => Math.sin(i + 1)), [2, 16]);
   const lossOf = () => autograd.softmaxCrossEntropy(model.forward(input), [0, 2]);
   const loss = lossOf();
   loss.backward();
   opt.step();
   const losses = [loss.item(), autograd.noGrad(lossOf).item()];
 
-  return { source: info.addonSource, addon: info.addon, blas: info.cpu.blas, cuda: info.cuda, gemm, losses };
+  return { source: info.addonSource, addon: info.addon, blas: info.cpu.blas, cuda: info.cuda, gemm, losses, trainable, all };
 };
 `,
     'main.cjs': `console.log(JSON.stringify(require('./check.cjs')(require('tera-peft'))));\n`,
@@ -215,6 +218,8 @@ interface CheckResult {
   cuda: { built: boolean; available: boolean; reason?: string; archs?: string };
   gemm: number[];
   losses: number[];
+  trainable: number;
+  all: number;
   missing?: string[];
   named?: boolean;
 }
@@ -228,6 +233,8 @@ function expectWorkingPackage(result: CheckResult): void {
   expect(result.gemm).toEqual([4, 5, 10, 11]);
   expect(result.blas).toMatch(/OpenBLAS/);
   expect(result.losses[1]).toBeLessThan(result.losses[0]);
+  expect(result.trainable).toBeGreaterThan(0);
+  expect(result.trainable).toBeLessThan(result.all / 5);
   // Without a GPU the reason must say why, whatever the machine.
   if (!result.cuda.available) expect(result.cuda.reason).toBeTruthy();
 }
@@ -308,7 +315,7 @@ describe('the npm package', () => {
     expect(fs.existsSync(path.join(app, 'node_modules', 'tera-peft', 'build'))).toBe(false);
   });
 
-  it('runs a kernel and a training step from require()', () => {
+  it('runs a kernel and a TeRA adapter training step from require()', () => {
     const result = runCheck(app, 'main.cjs', noToolsEnv);
     expect(result.source).toBe('prebuild');
     expect(result.addon).toContain(path.join('node_modules', 'tera-peft', 'prebuilds'));
