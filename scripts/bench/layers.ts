@@ -1,0 +1,364 @@
+/**
+ * One adapted linear layer, a training step's forward and backward (dx and the adapter
+ * gradients), for TeRA, VeRA and LoRA against the frozen Linear alone, through the
+ * public API (nn.Linear, the adapters, autograd). The PyTorch reference runs the same
+ * shapes in the same interleaved repetitions. runChecks() first makes sure both sides
+ * compute the same outputs and gradients from the same tensors.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import {
+  LoraConfig,
+  type Tensor,
+  TeraConfig,
+  VeraConfig,
+  adapters,
+  autograd,
+  injectAdapter,
+  nn,
+  random,
+} from '../../lib';
+import {
+  type Contender,
+  deviceTimer,
+  interleave,
+  pairedRatio,
+  type SuiteContext,
+  type Summary,
+  summarize,
+  useThreads,
+} from './measure';
+
+export type Method = 'frozen' | 'tera' | 'vera' | 'lora';
+
+export interface LayerResult {
+  device: 'cpu' | 'cuda';
+  threads: number | null;
+  d: number;
+  tokens: number;
+  method: Method;
+  /** The adapter's configuration in words (modes, ranks). */
+  config: string;
+  ours: Summary;
+  /** Our step time over our frozen Linear's, per repetition; null for the frozen layer itself. */
+  vsFrozen: Summary | null;
+  torch: Summary | null;
+  /** Our time over PyTorch's, per repetition. */
+  oursOverTorch: Summary | null;
+  torchVsFrozen: Summary | null;
+}
+
+export interface CheckResult {
+  method: Method;
+  quantity: string;
+  maxAbsError: number;
+  maxAbsReference: number;
+  tolerance: number;
+  pass: boolean;
+}
+
+export const VERA_RANK = 256;
+export const LORA_RANK = 16;
+
+export interface ModelSpec {
+  method: Method;
+  layers: number;
+  dOut: number;
+  dIn: number;
+  device: 'cpu' | 'cuda';
+}
+
+/** LoRA's alpha: PEFT's default, so the update is scaled by alpha / r = 0.5. */
+const LORA_ALPHA = 8;
+
+function adapterConfig(
+  method: Exclude<Method, 'frozen'>,
+  extra: { saveShared?: boolean } = {},
+): adapters.AdapterConfig {
+  // Sequential names its layers '0', '1', ...: adapt them all.
+  const targets = { targetModules: '\\d+' };
+  if (method === 'tera') return new TeraConfig({ ...targets, saveFactors: extra.saveShared });
+  if (method === 'vera') return new VeraConfig({ ...targets, r: VERA_RANK, saveProjection: extra.saveShared });
+  return new LoraConfig({ ...targets, r: LORA_RANK, alpha: LORA_ALPHA });
+}
+
+/** The TeRA modes and ranks the default config gives a [dOut, dIn] layer. */
+export function teraShapeOf(dOut: number, dIn: number): adapters.TeraShape {
+  return adapters.teraShape(adapterConfig('tera') as TeraConfig, dOut, dIn, 'bench');
+}
+
+export function describeConfig(method: Method, dOut: number, dIn: number): string {
+  if (method === 'vera') return `r ${VERA_RANK}`;
+  if (method === 'lora') return `r ${LORA_RANK}`;
+  if (method === 'frozen') return '';
+  const shape = teraShapeOf(dOut, dIn);
+  return `modes ${shape.outModes.join('x')}|${shape.inModes.join('x')}`;
+}
+
+export interface BenchModel {
+  /** The frozen Linears, in order. */
+  bases: nn.Linear[];
+  /** Their adapters (none for the frozen model). */
+  adapterLayers: adapters.MethodLayer[];
+  trainable: autograd.Parameter[];
+  forward(x: autograd.Var): autograd.Var;
+  dispose(): void;
+}
+
+/** A Sequential of `layers` Linears with `method`'s adapter on each, or frozen (no adapter). */
+export function buildModel(spec: ModelSpec, extra: { saveShared?: boolean } = {}): BenchModel {
+  const linears = Array.from(
+    { length: spec.layers },
+    (_, i) => new nn.Linear(spec.dIn, spec.dOut, { seed: 1000 + i, device: spec.device }),
+  );
+  const model = new nn.Sequential(...linears);
+  if (spec.method === 'frozen') {
+    model.requiresGrad(false);
+    return {
+      bases: linears,
+      adapterLayers: [],
+      trainable: [],
+      forward: (x) => model.forward(x),
+      dispose: () => model.dispose(),
+    };
+  }
+  const peft = injectAdapter(model, adapterConfig(spec.method, extra));
+  return {
+    bases: linears,
+    adapterLayers: peft.adapterLayers().map(([, layer]) => layer.adapter('default')!),
+    trainable: peft.trainableParameters(),
+    forward: (x) => peft.forward(x),
+    dispose: () => {
+      peft.deleteAdapter('default'); // frees its share of the shared factors and workspace
+      model.dispose();
+    },
+  };
+}
+
+/** One training step: forward, backward (dx and every trainable gradient), then the gradients are dropped. */
+export function trainingStep(model: BenchModel, x: autograd.Var, dy: Tensor): void {
+  autograd.tidy(() => model.forward(x).backward(dy));
+  x.zeroGrad();
+  model.trainable.forEach((p) => p.zeroGrad());
+}
+
+function randomTensor(shape: number[], key: number, device: 'cpu' | 'cuda', std = 1): Tensor {
+  return random.normal(shape, { seed: 11, key, std, device });
+}
+
+/** Our layer for one case, with its input and upstream gradient. */
+function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cuda') {
+  const model = buildModel({ method, layers: 1, dOut: d, dIn: d, device });
+  const x = new autograd.Var(randomTensor([tokens, d], 1, device), { requiresGrad: true });
+  const dy = randomTensor([tokens, d], 2, device);
+  // TeRA and VeRA start with dW = 0 (l_1 = 0, lambda_b = 0): move off it so no work is trivial.
+  for (const p of model.trainable) p.data.set(randomTensor([...p.shape], 3, 'cpu', 0.1).toFloat32Array());
+  const time = deviceTimer(device);
+  return {
+    once: () => time(() => trainingStep(model, x, dy)),
+    dispose: () => {
+      model.dispose();
+      x.dispose();
+      dy.dispose();
+    },
+  };
+}
+
+function torchSpec(method: Method, d: number, tokens: number, device: string): Record<string, unknown> {
+  const shape = teraShapeOf(d, d);
+  return {
+    kind: 'layer',
+    method,
+    device,
+    d_out: d,
+    d_in: d,
+    tokens,
+    modes: shape.modes,
+    ranks: shape.ranks,
+    alpha: method === 'lora' ? LORA_ALPHA : 1,
+    rank: method === 'vera' ? VERA_RANK : LORA_RANK,
+  };
+}
+
+export interface LayerCases {
+  sizes: number[];
+  tokens: number[];
+  methods: Method[];
+}
+
+export async function runLayers(context: SuiteContext, cases: LayerCases): Promise<LayerResult[]> {
+  const methods: Method[] = ['frozen', ...cases.methods.filter((m) => m !== 'frozen')];
+  const results: LayerResult[] = [];
+  for (const device of context.devices) {
+    for (const threads of device === 'cpu' ? context.threads : [null]) {
+      if (threads !== null) await useThreads(context, threads);
+      for (const d of cases.sizes) {
+        for (const tokens of cases.tokens) {
+          context.log(`layers ${device}${threads === null ? '' : ` ${threads} thread(s)`} d ${d} T ${tokens}`);
+          const ours = methods.map((method) => ({ method, ...ourStep(method, d, tokens, device) }));
+          const contenders: Contender[] = ours.map((o) => ({ name: `ours ${o.method}`, once: o.once }));
+          const torch = context.torch;
+          if (torch) {
+            for (const method of methods) {
+              const key = `layer ${method}`;
+              await torch.request('setup', { key, case: torchSpec(method, d, tokens, device) });
+              contenders.push({ name: `torch ${method}`, once: () => torch.time(key, 'step') });
+            }
+          }
+          const samples = await interleave(contenders, context.schedule);
+          ours.forEach((o) => o.dispose());
+          for (const method of methods) await torch?.request('drop', { key: `layer ${method}` });
+
+          for (const method of methods) {
+            const mine = samples.get(`ours ${method}`)!;
+            const theirs = samples.get(`torch ${method}`);
+            const againstFrozen = method !== 'frozen';
+            results.push({
+              device,
+              threads,
+              d,
+              tokens,
+              method,
+              config: describeConfig(method, d, d),
+              ours: summarize(mine),
+              vsFrozen: againstFrozen ? pairedRatio(mine, samples.get('ours frozen')!) : null,
+              torch: theirs ? summarize(theirs) : null,
+              oursOverTorch: theirs ? pairedRatio(mine, theirs) : null,
+              torchVsFrozen: theirs && againstFrozen ? pairedRatio(theirs, samples.get('torch frozen')!) : null,
+            });
+          }
+        }
+      }
+    }
+  }
+  return results;
+}
+
+/** Shapes of the agreement check: small, non-square, TeRA modes 6x8 | 8x8. */
+const CHECK = { dOut: 48, dIn: 64, tokens: 8 };
+const CHECK_TOLERANCE = 1e-4;
+
+/** The frozen and trainable tensors of our layer under the names torch_reference.py reads, and its gradients' names. */
+function namedTensors(
+  method: Method,
+  model: BenchModel,
+): { inputs: Record<string, Tensor>; grads: [string, autograd.Parameter][] } {
+  const layer = model.adapterLayers[0];
+  if (method === 'frozen') return { inputs: {}, grads: [] };
+  if (layer instanceof adapters.TeraLayer) {
+    return {
+      inputs: {
+        core: layer.shared.core,
+        ...Object.fromEntries(layer.shared.factors.map((f, n) => [`factor${n}`, f])),
+        ...Object.fromEntries(layer.lambdas.map((l, n) => [`scale${n}`, l.data])),
+      },
+      grads: layer.lambdas.map((l, n) => [`dscale${n}`, l]),
+    };
+  }
+  const params = layer.parameters;
+  if (method === 'vera') {
+    const shared = Object.entries(layer.sharedTensors());
+    const projection = (suffix: string) => shared.find(([key]) => key.endsWith(suffix))![1];
+    return {
+      inputs: {
+        a: projection('vera_A'),
+        b: projection('vera_B'),
+        lambda_d: params.get('vera_lambda_d')!.data,
+        lambda_b: params.get('vera_lambda_b')!.data,
+      },
+      grads: [
+        ['dlambda_d', params.get('vera_lambda_d')!],
+        ['dlambda_b', params.get('vera_lambda_b')!],
+      ],
+    };
+  }
+  return {
+    inputs: { a: params.get('lora_A.weight')!.data, b: params.get('lora_B.weight')!.data },
+    grads: [
+      ['da', params.get('lora_A.weight')!],
+      ['db', params.get('lora_B.weight')!],
+    ],
+  };
+}
+
+function writeF32(file: string, t: Tensor): void {
+  fs.writeFileSync(file, Buffer.from(t.toFloat32Array().buffer));
+}
+
+function readF32(file: string): Float32Array {
+  const bytes = fs.readFileSync(file);
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+}
+
+/**
+ * Runs one step of each method on the same small tensors here and in PyTorch (they
+ * travel as raw float32 files) and compares y, dx and every adapter gradient.
+ */
+export async function runChecks(context: SuiteContext, methods: Method[]): Promise<CheckResult[]> {
+  const torch = context.torch!;
+  const results: CheckResult[] = [];
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'tera-bench-check-'));
+  try {
+    for (const method of ['frozen', ...methods.filter((m) => m !== 'frozen')] as Method[]) {
+      context.log(`check ${method} against PyTorch`);
+      const model = buildModel({ method, layers: 1, ...CHECK, device: 'cpu' }, { saveShared: true });
+      for (const p of model.trainable) p.data.set(randomTensor([...p.shape], 5, 'cpu', 0.5).toFloat32Array());
+      const x = new autograd.Var(randomTensor([CHECK.tokens, CHECK.dIn], 6, 'cpu'), { requiresGrad: true });
+      const dy = randomTensor([CHECK.tokens, CHECK.dOut], 7, 'cpu');
+      const y = model.forward(x);
+      y.backward(dy);
+      const { inputs, grads } = namedTensors(method, model);
+      const [base] = model.bases;
+      const all: Record<string, Tensor> = { ...inputs, x: x.data, dy, weight: base.weight.data, bias: base.bias!.data };
+      for (const [name, t] of Object.entries(all)) writeF32(path.join(folder, `${name}.f32`), t);
+      const ours: [string, Tensor][] = [
+        ['y', y.data],
+        ['dx', x.grad!],
+        ...grads.map(([n, p]): [string, Tensor] => [n, p.grad!]),
+      ];
+      const shape = teraShapeOf(CHECK.dOut, CHECK.dIn);
+      fs.writeFileSync(
+        path.join(folder, 'manifest.json'),
+        JSON.stringify({
+          method,
+          spec: {
+            modes: shape.modes,
+            ranks: shape.ranks,
+            alpha: method === 'lora' ? LORA_ALPHA : 1,
+            rank: method === 'vera' ? VERA_RANK : LORA_RANK,
+          },
+          inputs: Object.fromEntries(Object.entries(all).map(([name, t]) => [name, t.shape])),
+          outputs: ours.map(([name]) => name),
+        }),
+      );
+      await torch.request('check', { dir: folder });
+      for (const [name, t] of ours) {
+        const mine = t.toFloat32Array();
+        const reference = readF32(path.join(folder, `${name}.torch.f32`));
+        let maxAbsError = 0;
+        let maxAbsReference = 0;
+        reference.forEach((r, i) => {
+          maxAbsError = Math.max(maxAbsError, Math.abs(mine[i] - r));
+          maxAbsReference = Math.max(maxAbsReference, Math.abs(r));
+        });
+        const tolerance = CHECK_TOLERANCE * maxAbsReference + 1e-7;
+        results.push({
+          method,
+          quantity: name,
+          maxAbsError,
+          maxAbsReference,
+          tolerance,
+          pass: mine.length === reference.length && maxAbsError <= tolerance,
+        });
+      }
+      y.dispose();
+      x.dispose();
+      model.dispose();
+    }
+  } finally {
+    fs.rmSync(folder, { recursive: true, force: true });
+  }
+  return results;
+}

@@ -1,0 +1,360 @@
+/**
+ * Writes a run's results: bench.json (everything, raw summaries included), bench.md
+ * (the tables, the environment and the targets) and SVG charts, into one folder.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { type BarRow, renderBarChart } from './charts';
+import type { Environment } from './environment';
+import type { KernelResult } from './kernels';
+import type { CheckResult, LayerResult, Method } from './layers';
+import type { Summary } from './measure';
+import type { MemoryResult } from './memory';
+
+export interface BenchResults {
+  schema: 'tera-peft-bench/1';
+  command: string;
+  startedAt: string;
+  finishedAt: string;
+  options: Record<string, unknown>;
+  environment: Environment;
+  kernels: KernelResult[];
+  layers: LayerResult[];
+  memory: MemoryResult[];
+  checks: CheckResult[];
+  /** Why a suite or a column is empty (no torch, no GPU, a suite that failed). */
+  notes: string[];
+}
+
+export interface Target {
+  name: string;
+  measured: string;
+  limit: string;
+  /** null: not measured in this run (see measured). */
+  met: boolean | null;
+}
+
+const METHOD_NAMES: Record<Method, string> = { frozen: 'frozen Linear', tera: 'TeRA', vera: 'VeRA', lora: 'LoRA' };
+const COLORS: Record<Method, [ours: string, torch: string]> = {
+  frozen: ['#555555', '#bbbbbb'],
+  tera: ['#1f77b4', '#9ecae9'],
+  vera: ['#2ca02c', '#a6dba0'],
+  lora: ['#d62728', '#f4a6a6'],
+};
+
+function fixed(value: number): string {
+  if (value >= 100) return value.toFixed(0);
+  if (value >= 10) return value.toFixed(1);
+  return value.toFixed(2);
+}
+
+function time(s: Summary): string {
+  return `${fixed(s.median)} (${fixed(s.min)}-${fixed(s.max)})`;
+}
+
+function ratio(s: Summary | null): string {
+  return s === null ? '' : `${s.median.toFixed(2)}x`;
+}
+
+function percent(s: Summary | null): string {
+  return s === null ? '' : `${(100 * s.median).toFixed(0)}%`;
+}
+
+function mib(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1);
+}
+
+function threadsLabel(threads: number | null): string {
+  return threads === null ? 'GPU' : `${threads}`;
+}
+
+function table(header: string[], rows: string[][]): string {
+  return [
+    `| ${header.join(' | ')} |`,
+    `|${header.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
+}
+
+export function evaluateTargets(results: BenchResults): Target[] {
+  const targets: Target[] = [];
+  const kernel = (kernelName: string) =>
+    results.kernels.find(
+      (k) =>
+        k.device === 'cpu' &&
+        k.threads === 1 &&
+        k.shape === '4096x4096 16^6' &&
+        k.kernel === kernelName &&
+        k.implementation === 'tera-peft',
+    );
+  const reconstruct = kernel('reconstruct');
+  const scaleGrad = kernel('scaleGrad');
+  const missing = 'not measured in this run';
+  targets.push({
+    name: 'reconstruction GFLOP/s vs sgemm (4096x4096 16^6, 1 thread)',
+    measured: reconstruct ? percent(reconstruct.ofSgemm) : missing,
+    limit: '>= 40%',
+    met: reconstruct?.ofSgemm ? reconstruct.ofSgemm.median >= 0.4 : null,
+  });
+  targets.push({
+    name: 'scaleGrad time vs reconstruction (4096x4096 16^6, 1 thread)',
+    measured: scaleGrad ? ratio(scaleGrad.vsReconstruct) : missing,
+    limit: '<= 1.5x',
+    met: scaleGrad?.vsReconstruct ? scaleGrad.vsReconstruct.median <= 1.5 : null,
+  });
+
+  const layer = (method: Method) =>
+    results.layers.find(
+      (l) => l.device === 'cpu' && l.threads === 1 && l.d === 4096 && l.tokens === 512 && l.method === method,
+    );
+  const tera = layer('tera');
+  targets.push({
+    name: 'TeRA layer step vs frozen Linear (d 4096, T 512, 1 thread)',
+    measured: tera ? ratio(tera.vsFrozen) : missing,
+    limit: '<= 2.0x',
+    met: tera?.vsFrozen ? tera.vsFrozen.median <= 2 : null,
+  });
+  targets.push({
+    name: 'TeRA layer step speed-up over the PyTorch reference (same case)',
+    measured: tera?.oursOverTorch
+      ? `${(1 / tera.oursOverTorch.median).toFixed(2)}x`
+      : tera
+        ? 'no PyTorch in this run'
+        : missing,
+    limit: '>= 4x',
+    met: tera?.oursOverTorch ? 1 / tera.oursOverTorch.median >= 4 : null,
+  });
+  for (const method of ['vera', 'lora'] as const) {
+    const row = layer(method);
+    targets.push({
+      name: `${METHOD_NAMES[method]} layer step vs frozen Linear (d 4096, T 512, 1 thread)`,
+      measured: row ? ratio(row.vsFrozen) : missing,
+      limit: '<= 1.3x',
+      met: row?.vsFrozen ? row.vsFrozen.median <= 1.3 : null,
+    });
+  }
+  const stack = results.memory.find((m) => m.device === 'cpu' && m.method === 'tera');
+  targets.push({
+    name: `TeRA extra peak memory over the frozen stack (${stack?.layers ?? 24} x ${stack?.d ?? 1024}^2)`,
+    measured:
+      stack?.extraBytes != null && stack.budgetBytes !== null
+        ? `${mib(stack.extraBytes)} MiB (allowed ${mib(stack.budgetBytes)} MiB)`
+        : missing,
+    limit: 'one weight + shared factors',
+    met: stack?.extraBytes != null && stack.budgetBytes !== null ? stack.extraBytes <= stack.budgetBytes : null,
+  });
+  return targets;
+}
+
+function environmentSection(env: Environment): string {
+  const torch = env.torch.available
+    ? `PyTorch ${env.torch.torch} (Python ${env.torch.python}, ${env.torch.executable}; BLAS ${env.torch.blas})`
+    : `none: ${env.torch.reason}`;
+  const lines = [
+    `- tera-peft ${env.packageVersion}${env.gitCommit ? ` at ${env.gitCommit}` : ''}, addon ${env.addon}`,
+    `- Node ${env.node}, ${env.os}`,
+    `- CPU: ${env.cpuModel}, ${env.cores} cores (${env.simd}), ${env.memoryGiB} GiB`,
+    `- BLAS: ${env.blas}`,
+    `- GPU: ${env.gpu ? `${env.gpu}, driver ${env.cudaDriver}, runtime ${env.cudaRuntime}, ${env.cublas}` : `none (${env.gpuReason})`}`,
+    `- PyTorch: ${torch}`,
+    `- Load average (1 min) at start / end: ${env.loadAverage.start.toFixed(2)} / ${env.loadAverage.end?.toFixed(2) ?? '?'}`,
+  ];
+  return lines.join('\n');
+}
+
+function kernelSection(kernels: KernelResult[]): string {
+  const rows = kernels.map((k) => [
+    k.device,
+    threadsLabel(k.threads),
+    k.shape,
+    k.kernel,
+    k.implementation,
+    time(k.ms),
+    k.gflops === null ? '' : fixed(k.gflops),
+    percent(k.ofSgemm),
+    ratio(k.vsReconstruct),
+  ]);
+  return table(
+    ['device', 'threads', 'shape', 'kernel', 'by', 'ms median (min-max)', 'GFLOP/s', 'of sgemm', 'time / reconstruct'],
+    rows,
+  );
+}
+
+function layerSection(layers: LayerResult[], torchNote: string): string {
+  const rows = layers.map((l) => [
+    l.device,
+    threadsLabel(l.threads),
+    `${l.d}`,
+    `${l.tokens}`,
+    METHOD_NAMES[l.method],
+    l.config,
+    time(l.ours),
+    l.vsFrozen ? ratio(l.vsFrozen) : '1',
+    l.torch ? time(l.torch) : torchNote,
+    ratio(l.oursOverTorch),
+    l.torchVsFrozen ? ratio(l.torchVsFrozen) : l.torch ? '1' : '',
+  ]);
+  return table(
+    [
+      'device',
+      'threads',
+      'd',
+      'T',
+      'method',
+      'config',
+      'ours ms median (min-max)',
+      'ours / frozen',
+      'PyTorch ms',
+      'ours / PyTorch',
+      'PyTorch / its frozen',
+    ],
+    rows,
+  );
+}
+
+function memorySection(memory: MemoryResult[]): string {
+  return table(
+    ['device', 'method', 'layers', 'd', 'T', 'peak MiB median (min-max)', 'extra over frozen MiB', 'allowed extra MiB'],
+    memory.map((m) => [
+      m.device,
+      METHOD_NAMES[m.method],
+      `${m.layers}`,
+      `${m.d}`,
+      `${m.tokens}`,
+      `${mib(m.peakBytes.median)} (${mib(m.peakBytes.min)}-${mib(m.peakBytes.max)}, ${m.peakBytes.reps} runs)`,
+      m.extraBytes === null ? '' : mib(m.extraBytes),
+      m.budgetBytes === null ? '' : mib(m.budgetBytes),
+    ]),
+  );
+}
+
+function checkSection(checks: CheckResult[]): string {
+  return table(
+    ['method', 'quantity', 'max abs error', 'max abs value', 'tolerance', 'pass'],
+    checks.map((c) => [
+      METHOD_NAMES[c.method],
+      c.quantity,
+      c.maxAbsError.toExponential(2),
+      c.maxAbsReference.toExponential(2),
+      c.tolerance.toExponential(1),
+      c.pass ? 'yes' : 'NO',
+    ]),
+  );
+}
+
+export function renderMarkdown(results: BenchResults, targets: Target[], charts: string[] = []): string {
+  const torchNote = results.environment.torch.available ? '' : 'no torch';
+  const sections = [
+    '# tera-peft benchmark results',
+    `\`${results.command}\`, ${results.startedAt} to ${results.finishedAt}. Every time is the median of the timed repetitions after warm-up, with min and max; ratios are medians of per-repetition ratios of interleaved runs.`,
+    environmentSection(results.environment),
+    ...results.notes.map((n) => `> ${n}`),
+  ];
+  if (targets.some((t) => t.met !== null)) {
+    sections.push(
+      '## Targets',
+      table(
+        ['target', 'measured', 'limit', 'met'],
+        targets.map((t) => [t.name, t.measured, t.limit, t.met === null ? '-' : t.met ? 'yes' : 'NO']),
+      ),
+    );
+  }
+  if (results.kernels.length) sections.push('## Kernels (fp32)', kernelSection(results.kernels));
+  if (results.layers.length) {
+    sections.push('## One adapted linear layer: forward + backward (fp32)', layerSection(results.layers, torchNote));
+  }
+  if (results.memory.length) sections.push('## Stack peak memory', memorySection(results.memory));
+  if (results.checks.length) sections.push('## Same outputs and gradients as PyTorch', checkSection(results.checks));
+  if (charts.length) sections.push('## Charts', ...charts.map((file) => `![${file}](${file})`));
+  return sections.join('\n\n') + '\n';
+}
+
+function runs<T extends { device: string; threads: number | null }>(items: T[]): [string, T[]][] {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const key = `${item.device}-${item.threads === null ? 'gpu' : `${item.threads}t`}`;
+    groups.set(key, [...(groups.get(key) ?? []), item]);
+  }
+  return [...groups];
+}
+
+function kernelChart(key: string, kernels: KernelResult[]): string {
+  const peak = Math.max(...kernels.filter((k) => k.kernel.startsWith('sgemm')).map((k) => k.gflops ?? 0));
+  let previousShape = '';
+  const rows: BarRow[] = kernels
+    .filter((k) => k.gflops !== null)
+    .map((k) => {
+      const row = {
+        label: `${k.shape} ${k.kernel.replace(/ \(.*\)$/, '')}${k.implementation === 'PyTorch' ? ' (PyTorch)' : ''}`,
+        value: k.gflops!,
+        color: k.implementation === 'PyTorch' ? '#f0a040' : k.kernel.startsWith('sgemm') ? '#555555' : '#1f77b4',
+        groupStart: k.shape !== previousShape,
+      };
+      previousShape = k.shape;
+      return row;
+    });
+  return renderBarChart({
+    title: `Kernel GFLOP/s (${key}), fp32`,
+    axisLabel: 'GFLOP/s (median)',
+    rows,
+    scale: 'linear',
+    reference: { value: peak, label: `measured sgemm peak ${fixed(peak)}` },
+  });
+}
+
+function layerChart(key: string, layers: LayerResult[]): string {
+  const rows: BarRow[] = [];
+  let previous = '';
+  for (const l of layers) {
+    const shape = `d ${l.d}, T ${l.tokens}`;
+    rows.push({
+      label: `${shape} ${METHOD_NAMES[l.method]}`,
+      value: l.ours.median,
+      color: COLORS[l.method][0],
+      groupStart: shape !== previous,
+    });
+    if (l.torch) {
+      rows.push({
+        label: `${shape} ${METHOD_NAMES[l.method]} (PyTorch)`,
+        value: l.torch.median,
+        color: COLORS[l.method][1],
+      });
+    }
+    previous = shape;
+  }
+  return renderBarChart({
+    title: `Training step of one layer, forward + backward (${key}), fp32`,
+    axisLabel: 'milliseconds per step (median, log scale)',
+    rows,
+    scale: 'log',
+    legend: (Object.keys(METHOD_NAMES) as Method[]).map((m) => [METHOD_NAMES[m], COLORS[m][0]]),
+  });
+}
+
+/** Writes bench.json, bench.md and the charts into `outDir`; returns the paths written. */
+export function writeReport(results: BenchResults, outDir: string): string[] {
+  fs.mkdirSync(outDir, { recursive: true });
+  const targets = evaluateTargets(results);
+  const charts: [string, string][] = [
+    ...runs(results.kernels).map(([key, k]): [string, string] => [`kernels-${key}.svg`, kernelChart(key, k)]),
+    ...runs(results.layers).map(([key, l]): [string, string] => [`layers-${key}.svg`, layerChart(key, l)]),
+  ];
+  const files: [string, string][] = [
+    ['bench.json', JSON.stringify({ ...results, targets }, null, 2) + '\n'],
+    [
+      'bench.md',
+      renderMarkdown(
+        results,
+        targets,
+        charts.map(([name]) => name),
+      ),
+    ],
+    ...charts,
+  ];
+  return files.map(([name, text]) => {
+    const file = path.join(outDir, name);
+    fs.writeFileSync(file, text);
+    return file;
+  });
+}
