@@ -28,7 +28,8 @@ export interface AdapterRecord {
 /** What a model with adapters carries besides its modules. */
 export interface AdapterState {
   adapters: Map<string, AdapterRecord>;
-  active: string | null;
+  /** Active adapters, in the order given to setAdapter (PEFT's active_adapters). */
+  active: string[];
 }
 
 const states = new WeakMap<Module, AdapterState>();
@@ -37,7 +38,7 @@ const states = new WeakMap<Module, AdapterState>();
 export function adapterState(model: Module): AdapterState {
   let state = states.get(model);
   if (state === undefined) {
-    state = { adapters: new Map(), active: null };
+    state = { adapters: new Map(), active: [] };
     states.set(model, state);
   }
   return state;
@@ -135,19 +136,35 @@ export function attachAdapter(model: Module, plan: InjectionPlan, built: MethodL
     (wrapper as AdapterLinear).addAdapter(plan.adapterName, built[i]);
   });
   state.adapters.set(plan.adapterName, { config: plan.config, trainable });
-  state.active ??= plan.adapterName;
+  if (state.active.length === 0) state.active = [plan.adapterName];
   const adapterParams = new Set(adapterLayers(model).flatMap(([, layer]) => layer.adapterParameters()));
   for (const p of model.parameters()) if (!adapterParams.has(p)) p.requiresGrad = false;
-  applyActiveAdapter(model);
+  applyActiveAdapters(model);
 }
 
-/** Points every layer at the model's active adapter; only its parameters train. */
-export function applyActiveAdapter(model: Module): void {
+/** Refuses two active adapters applied unmerged on one layer (PEFT would sum them; we do not). */
+export function checkOneActive(moduleName: string, unmerged: readonly string[]): void {
+  if (unmerged.length > 1) {
+    throw new Error(
+      `adapters ${unmerged.map((n) => `'${n}'`).join(' and ')} are both active on '${moduleName}'; ` +
+        'activate one of them (setAdapter), or merge the others',
+    );
+  }
+}
+
+/**
+ * Activates `names` (default: the model's current list) on every layer and
+ * lets only their parameters train. Every layer is checked before any changes.
+ */
+export function applyActiveAdapters(model: Module, names: readonly string[] = adapterState(model).active): void {
   const state = adapterState(model);
-  for (const [, layer] of adapterLayers(model)) {
-    layer.setActiveAdapter(state.active);
+  const layers = adapterLayers(model);
+  for (const [moduleName, layer] of layers) checkOneActive(moduleName, layer.unmergedAmong(names));
+  state.active = [...names];
+  for (const [, layer] of layers) {
+    layer.setActiveAdapters(names);
     for (const name of layer.adapterNames) {
-      const trainable = name === state.active && state.adapters.get(name)!.trainable;
+      const trainable = names.includes(name) && state.adapters.get(name)!.trainable;
       for (const p of layer.adapter(name)!.parameters.values()) p.requiresGrad = trainable;
     }
   }

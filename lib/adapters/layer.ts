@@ -1,7 +1,8 @@
 /**
  * AdapterLinear: what injection puts in place of a Linear. It keeps the
  * original layer as `base_layer` (PEFT's name) and any number of named
- * adapters, of any method; one is active at a time. Parameter names follow
+ * adapters, of any method. Several may be active model-wide, but at most one
+ * per layer (unless the others are merged). Parameter names follow
  * PEFT: '<module>.base_layer.weight', '<module>.lora_A.<adapter>.weight',
  * '<module>.vera_lambda_b.<adapter>', '<module>.tera_lambda_1.<adapter>'.
  */
@@ -23,7 +24,7 @@ export class AdapterLinear extends Module {
   disabled = false;
   readonly #adapters = new Map<string, MethodLayer>();
   readonly #merged: string[] = [];
-  #active: string | null = null;
+  #active: string[] = [];
 
   constructor(base: Linear) {
     super();
@@ -43,9 +44,9 @@ export class AdapterLinear extends Module {
     return [...this.#adapters.keys()];
   }
 
-  /** The adapter forward() applies, or null (the layer runs as the base Linear). */
-  get activeAdapter(): string | null {
-    return this.#active;
+  /** The active adapters this layer has (forward() applies the one not merged, if any). */
+  get activeAdapters(): readonly string[] {
+    return [...this.#active];
   }
 
   /** Adapters whose update is currently added into the base weight. */
@@ -75,7 +76,7 @@ export class AdapterLinear extends Module {
     if (this.#merged.includes(name)) this.unmerge(name);
     for (const suffix of layer.parameters.keys()) this.removeParameter(insertAdapterName(suffix, name));
     this.#adapters.delete(name);
-    if (this.#active === name) this.#active = null;
+    this.#active = this.#active.filter((n) => n !== name);
     layer.dispose();
   }
 
@@ -85,9 +86,14 @@ export class AdapterLinear extends Module {
     for (const name of this.adapterNames) this.removeAdapter(name);
   }
 
-  /** Makes `name` the active adapter here, or none if this layer does not have it. */
-  setActiveAdapter(name: string | null): void {
-    this.#active = name !== null && this.#adapters.has(name) ? name : null;
+  /** Those of `names` this layer would apply unmerged: more than one cannot be active together. */
+  unmergedAmong(names: readonly string[]): string[] {
+    return names.filter((n) => this.#adapters.has(n) && !this.#merged.includes(n));
+  }
+
+  /** Activates those of `names` this layer has (PeftModel checks unmergedAmong first). */
+  setActiveAdapters(names: readonly string[]): void {
+    this.#active = names.filter((n) => this.#adapters.has(n));
   }
 
   /** W0 += dW of `name` (no-op if merged already). */
@@ -108,16 +114,15 @@ export class AdapterLinear extends Module {
 
   forward(input: Input): Var {
     const x = input instanceof Var ? input : new Var(input);
-    const active = this.#active === null ? undefined : this.#adapters.get(this.#active);
-    if (this.disabled || active === undefined || this.#merged.includes(this.#active!)) {
-      return this.baseLayer.forward(x);
-    }
+    const name = this.#active.find((n) => !this.#merged.includes(n));
+    const active = name === undefined ? undefined : this.#adapters.get(name);
+    if (this.disabled || active === undefined) return this.baseLayer.forward(x);
     return active.forward(x, this.baseLayer);
   }
 
   protected override describe(): string {
     const parts = this.adapterNames.map(
-      (n) => `${n}${n === this.#active ? '*' : ''}${this.#merged.includes(n) ? ' (merged)' : ''}`,
+      (n) => `${n}${this.#active.includes(n) ? '*' : ''}${this.#merged.includes(n) ? ' (merged)' : ''}`,
     );
     return `AdapterLinear[${parts.join(', ')}]`;
   }

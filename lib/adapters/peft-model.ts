@@ -13,8 +13,9 @@ import type { AdapterLinear } from './layer';
 import {
   adapterLayers,
   adapterState,
-  applyActiveAdapter,
+  applyActiveAdapters,
   attachAdapter,
+  checkOneActive,
   forgetAdapterState,
   planInjection,
 } from './inject';
@@ -37,9 +38,14 @@ export class PeftModel {
     return [...adapterState(this.model).adapters.keys()];
   }
 
-  /** The adapter forward() applies (null when none is left). */
+  /** The first active adapter (null when none is left), as PEFT's active_adapter. */
   get activeAdapter(): string | null {
-    return adapterState(this.model).active;
+    return adapterState(this.model).active[0] ?? null;
+  }
+
+  /** Every active adapter, as PEFT's active_adapters. */
+  get activeAdapters(): string[] {
+    return [...adapterState(this.model).active];
   }
 
   forward(input: Input): Var {
@@ -54,7 +60,7 @@ export class PeftModel {
     return this.model.parameters();
   }
 
-  /** The active adapter's parameters (what an optimiser should get). */
+  /** The active adapters' parameters (what an optimiser should get). */
   trainableParameters(): Parameter[] {
     return this.model.trainableParameters();
   }
@@ -85,12 +91,15 @@ export class PeftModel {
     return this;
   }
 
-  /** Makes `adapterName` the one forward() uses and the only one that trains. */
-  setAdapter(adapterName: string): void {
-    const state = adapterState(this.model);
-    this.#require(adapterName);
-    state.active = adapterName;
-    applyActiveAdapter(this.model);
+  /**
+   * Makes these adapters the ones forward() uses and the only ones that train.
+   * Several may be active if no layer has more than one of them unmerged.
+   */
+  setAdapter(adapterNames: string | readonly string[]): void {
+    const names = typeof adapterNames === 'string' ? [adapterNames] : [...adapterNames];
+    if (names.length === 0) throw new Error('setAdapter: name at least one adapter');
+    names.forEach((n) => this.#require(n));
+    applyActiveAdapters(this.model, names);
   }
 
   /** Removes an adapter everywhere (unmerging it first); a layer left with none becomes its Linear again. */
@@ -102,20 +111,23 @@ export class PeftModel {
       if (layer.adapterNames.length === 0) this.model.setSubmodule(name, layer.baseLayer);
     }
     state.adapters.delete(adapterName);
-    if (state.active === adapterName) state.active = state.adapters.keys().next().value ?? null;
-    applyActiveAdapter(this.model);
+    const remaining = state.active.filter((n) => n !== adapterName);
+    const fallback = state.adapters.keys().next().value;
+    applyActiveAdapters(this.model, remaining.length > 0 || fallback === undefined ? remaining : [fallback]);
   }
 
-  /** Adds the adapters' updates into the base weights (default: the active adapter). */
+  /** Adds the adapters' updates into the base weights (default: the active adapters). */
   mergeAdapter(adapterNames?: readonly string[]): void {
-    const names = adapterNames ?? (this.activeAdapter === null ? [] : [this.activeAdapter]);
+    const names = adapterNames ?? this.activeAdapters;
     names.forEach((n) => this.#require(n));
     for (const [, layer] of adapterLayers(this.model)) names.forEach((n) => layer.merge(n));
   }
 
   /** Subtracts every merged update again, restoring W0 up to float32 rounding. */
   unmergeAdapter(): void {
-    for (const [, layer] of adapterLayers(this.model)) {
+    const layers = adapterLayers(this.model);
+    for (const [name, layer] of layers) checkOneActive(name, layer.activeAdapters);
+    for (const [, layer] of layers) {
       for (const name of [...layer.mergedAdapters].reverse()) layer.unmerge(name);
     }
   }
@@ -126,7 +138,7 @@ export class PeftModel {
   }
 
   /**
-   * Merges the active adapter, then replaces every AdapterLinear by its Linear
+   * Merges the active adapters, then replaces every AdapterLinear by its Linear
    * and frees all adapters: returns the plain model, at zero extra cost per token.
    */
   mergeAndUnload(): Module {
@@ -175,7 +187,7 @@ export class PeftModel {
   }
 
   toString(): string {
-    return `PeftModel(active=${this.activeAdapter}, adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
+    return `PeftModel(active=[${this.activeAdapters.join(', ')}], adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
   }
 
   #require(adapterName: string): void {

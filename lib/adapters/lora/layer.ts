@@ -7,6 +7,8 @@ import type { MethodLayer } from '../method';
 
 export class LoraLayer implements MethodLayer {
   readonly parameters: ReadonlyMap<string, Parameter>;
+  /** alpha / r. */
+  readonly scaling: number;
   readonly #parts: LowRankParts;
 
   constructor(a: Tensor, b: Tensor, scaling: number) {
@@ -16,6 +18,7 @@ export class LoraLayer implements MethodLayer {
       ['lora_A.weight', pa],
       ['lora_B.weight', pb],
     ]);
+    this.scaling = scaling;
     this.#parts = { a: pa, b: pb, scale: scaling };
   }
 

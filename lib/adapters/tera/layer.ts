@@ -20,7 +20,7 @@ import type { Linear } from '../../nn/layers';
 import { native } from '../../native/loader';
 import { type Tensor, formatShape, ones, zeros } from '../../tensor/tensor';
 import type { MethodLayer } from '../method';
-import { type Workspace, acquireWorkspace, releaseWorkspace } from '../workspace';
+import { type Workspace, acquireWorkspace } from '../workspace';
 import type { TeraConfig, TeraShape } from './config';
 import { type TeraFactors, acquireFactors, factorKeys } from './model';
 
@@ -149,6 +149,6 @@ export class TeraLayer implements MethodLayer {
   dispose(): void {
     this.lambdas.forEach((l) => l.dispose());
     this.shared.release();
-    releaseWorkspace(this.#workspace);
+    this.#workspace.release();
   }
 }

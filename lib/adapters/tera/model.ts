@@ -70,7 +70,7 @@ export class TeraFactors {
   /** Drops one user; the last one frees the tensors and removes the entry. */
   release(): void {
     if (--this.#users > 0) return;
-    registry.delete(this.#key);
+    if (registry.get(this.#key)?.deref() === this) registry.delete(this.#key);
     this.#free();
   }
 
@@ -86,21 +86,23 @@ export class TeraFactors {
   }
 }
 
-const registry = new Map<string, TeraFactors>();
+// Held weakly, so that a model dropped without unload() does not pin its factors.
+const registry = new Map<string, WeakRef<TeraFactors>>();
 
 /** The shared factors of a signature (made on first use); the caller must release() them. */
 export function acquireFactors(seed: number, shape: TeraShape, device: Device): TeraFactors {
   const key = `${device}|${seed}|${signatureName(shape)}`;
-  let entry = registry.get(key);
+  let entry = registry.get(key)?.deref();
   if (entry === undefined) {
     entry = new TeraFactors(key, seed, shape, device);
-    registry.set(key, entry);
+    registry.set(key, new WeakRef(entry));
   }
   return entry.addUser();
 }
 
-/** How many factor sets exist now (one per signature in use). */
+/** How many factor sets are alive now (one per signature in use). */
 export function sharedFactorCount(): number {
+  for (const [key, ref] of registry) if (ref.deref() === undefined) registry.delete(key);
   return registry.size;
 }
 

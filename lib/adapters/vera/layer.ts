@@ -31,6 +31,16 @@ export class VeraLayer implements MethodLayer {
     projections.acquire();
   }
 
+  /** This layer's slice of the shared frozen A, [r, in]. */
+  get projectionA(): Tensor {
+    return this.#parts.a.data;
+  }
+
+  /** This layer's slice of the shared frozen B, [out, r]. */
+  get projectionB(): Tensor {
+    return this.#parts.b.data;
+  }
+
   forward(input: Var, base: Linear): Var {
     return lowRankLinear(input, base.weight, base.bias, this.#parts);
   }
