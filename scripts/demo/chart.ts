@@ -25,11 +25,23 @@ function escapeXml(text: string): string {
 }
 
 /** Tick values covering [0, max] at a 1, 2 or 5 times power-of-ten step. */
-function ticks(max: number, target = 5): number[] {
+function linearTicks(max: number, target = 5): number[] {
   const rough = max / target;
   const power = 10 ** Math.floor(Math.log10(rough));
   const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough) ?? 10 * power;
   return Array.from({ length: Math.floor(max / step + 1e-9) + 1 }, (_, i) => Number((i * step).toPrecision(12)));
+}
+
+/** 1, 2 and 5 times the powers of ten within [min, max]. */
+function logTicks(min: number, max: number): number[] {
+  const ticks: number[] = [];
+  for (let power = Math.floor(Math.log10(min)); 10 ** power <= max; power++) {
+    for (const m of [1, 2, 5]) {
+      const tick = Number((m * 10 ** power).toPrecision(12));
+      if (tick >= min && tick <= max) ticks.push(tick);
+    }
+  }
+  return ticks;
 }
 
 /** Averages consecutive groups of `window` values; x is the group's end, in units of `perUnit` values. */
@@ -42,15 +54,20 @@ export function smooth(values: readonly number[], window: number, perUnit: numbe
   return points;
 }
 
+/** Draws the series with a linear x axis from 0 and a logarithmic y axis (losses span decades). */
 export function lineChartSvg(series: readonly Series[], options: ChartOptions): string {
   const all = series.flatMap((s) => s.points);
   if (all.length === 0) throw new Error('lineChartSvg: no points to draw');
+  if (all.some(([, y]) => !(y > 0) || !Number.isFinite(y))) {
+    throw new Error('lineChartSvg: values must be positive and finite for a logarithmic axis');
+  }
   const xMax = Math.max(...all.map(([x]) => x));
-  const yMax = Math.max(...all.map(([, y]) => y)) * 1.05;
+  const yMin = Math.min(...all.map(([, y]) => y)) / 1.1;
+  const yMax = Math.max(...all.map(([, y]) => y)) * 1.1;
   const plotWidth = WIDTH - MARGIN.left - MARGIN.right;
   const plotHeight = HEIGHT - MARGIN.top - MARGIN.bottom;
   const px = (x: number) => MARGIN.left + (x / xMax) * plotWidth;
-  const py = (y: number) => MARGIN.top + plotHeight - (y / yMax) * plotHeight;
+  const py = (y: number) => MARGIN.top + plotHeight - (Math.log(y / yMin) / Math.log(yMax / yMin)) * plotHeight;
   const f = (v: number) => v.toFixed(1);
 
   const parts: string[] = [
@@ -58,13 +75,13 @@ export function lineChartSvg(series: readonly Series[], options: ChartOptions): 
     `<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`,
     `<text x="${WIDTH / 2}" y="24" text-anchor="middle" font-size="15">${escapeXml(options.title)}</text>`,
   ];
-  for (const y of ticks(yMax)) {
+  for (const y of logTicks(yMin, yMax)) {
     parts.push(
       `<line x1="${MARGIN.left}" x2="${MARGIN.left + plotWidth}" y1="${f(py(y))}" y2="${f(py(y))}" stroke="#e5e5e5"/>`,
       `<text x="${MARGIN.left - 6}" y="${f(py(y) + 4)}" text-anchor="end">${y}</text>`,
     );
   }
-  for (const x of ticks(xMax)) {
+  for (const x of linearTicks(xMax)) {
     parts.push(`<text x="${f(px(x))}" y="${MARGIN.top + plotHeight + 18}" text-anchor="middle">${x}</text>`);
   }
   parts.push(

@@ -28,7 +28,7 @@ Adapts a base MLP pretrained on upright MNIST digits to rotated digits with
 TeRA, VeRA and LoRA, and with full fine-tuning for reference.
 
   --methods LIST     comma-separated, from ${METHOD_NAMES.join(', ')} (default: all)
-  --epochs N         training epochs per method (default 5)
+  --epochs N         training epochs per method (default 10)
   --device D         cpu, cuda or auto (default auto: the GPU when one is usable)
   --rotate DEG       rotation of the shifted task, degrees (default 90)
   --batch-size N     minibatch size (default 64)
@@ -47,7 +47,7 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
     args: [...argv],
     options: {
       methods: { type: 'string', default: METHOD_NAMES.join(',') },
-      epochs: { type: 'string', default: '5' },
+      epochs: { type: 'string', default: '10' },
       device: { type: 'string', default: 'auto' },
       rotate: { type: 'string', default: '90' },
       'batch-size': { type: 'string', default: '64' },
