@@ -11,6 +11,7 @@ import type { KernelResult } from './kernels';
 import type { CheckResult, LayerResult, Method } from './layers';
 import type { Summary } from './measure';
 import type { MemoryResult } from './memory';
+import type { ProfileResult } from './profile';
 
 export interface BenchResults {
   schema: 'tera-peft-bench/1';
@@ -21,6 +22,7 @@ export interface BenchResults {
   environment: Environment;
   kernels: KernelResult[];
   layers: LayerResult[];
+  profile: ProfileResult[];
   memory: MemoryResult[];
   checks: CheckResult[];
   /** Why a suite or a column is empty (no torch, no GPU, a suite that failed). */
@@ -213,6 +215,32 @@ function layerSection(layers: LayerResult[], torchNote: string): string {
   );
 }
 
+function profileSection(profile: ProfileResult): string {
+  const whole = profile.pieces.find((p) => p.name === 'whole tera step')!.ms.median;
+  const frozen = profile.pieces.find((p) => p.name === 'whole frozen step')!.ms.median;
+  const parts = profile.pieces.filter((p) => !p.name.startsWith('whole'));
+  const sum = parts.reduce((total, p) => total + p.ms.median, 0);
+  const frozenGemms = parts
+    .filter((p) => p.name === 'GEMM y = x W^T' || p.name === 'GEMM dx = dY W')
+    .reduce((total, p) => total + p.ms.median, 0);
+  const rows = profile.pieces.map((p) => [
+    p.name,
+    time(p.ms),
+    p.name.startsWith('whole') ? '' : `${((100 * p.ms.median) / whole).toFixed(0)}%`,
+    p.flop === null ? '' : fixed(p.flop / p.ms.median / 1e6),
+  ]);
+  rows.push(
+    ['sum of the pieces', fixed(sum), `${((100 * sum) / whole).toFixed(0)}%`, ''],
+    ['whole TeRA step - sum (framework: fresh buffers, copies, JS)', fixed(whole - sum), '', ''],
+    ["sum of the pieces / the frozen step's two GEMMs", `${(sum / frozenGemms).toFixed(2)}x`, '', ''],
+    ['measured: whole TeRA step / whole frozen step', `${(whole / frozen).toFixed(2)}x`, '', ''],
+  );
+  return [
+    `Threads ${profile.threads}, d ${profile.d}, T ${profile.tokens}:`,
+    table(['piece', 'ms median (min-max)', 'of the TeRA step', 'GFLOP/s'], rows),
+  ].join('\n\n');
+}
+
 function memorySection(memory: MemoryResult[]): string {
   return table(
     ['device', 'method', 'layers', 'd', 'T', 'peak MiB median (min-max)', 'extra over frozen MiB', 'allowed extra MiB'],
@@ -263,6 +291,9 @@ export function renderMarkdown(results: BenchResults, targets: Target[], charts:
   if (results.kernels.length) sections.push('## Kernels (fp32)', kernelSection(results.kernels));
   if (results.layers.length) {
     sections.push('## One adapted linear layer: forward + backward (fp32)', layerSection(results.layers, torchNote));
+  }
+  if (results.profile.length) {
+    sections.push('## Profile of the TeRA layer step', ...results.profile.map(profileSection));
   }
   if (results.memory.length) sections.push('## Stack peak memory', memorySection(results.memory));
   if (results.checks.length) sections.push('## Same outputs and gradients as PyTorch', checkSection(results.checks));

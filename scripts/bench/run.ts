@@ -13,10 +13,11 @@ import { kernelShapes, runKernels } from './kernels';
 import { type Method, runChecks, runLayers } from './layers';
 import type { Schedule, SuiteContext } from './measure';
 import { runMemory } from './memory';
+import { runProfile } from './profile';
 import { type BenchResults, evaluateTargets, renderMarkdown, writeReport } from './report';
 import { TorchWorker } from './torch';
 
-const SUITES = ['check', 'kernels', 'layers', 'memory'] as const;
+const SUITES = ['check', 'kernels', 'layers', 'profile', 'memory'] as const;
 type Suite = (typeof SUITES)[number];
 
 const USAGE = `Usage: npm run bench -- [options]
@@ -155,6 +156,7 @@ async function main(): Promise<void> {
     environment,
     kernels: [],
     layers: [],
+    profile: [],
     memory: [],
     checks: [],
     notes,
@@ -174,6 +176,11 @@ async function main(): Promise<void> {
         tokens: options.tokens,
         methods: options.methods,
       });
+    },
+    profile: async () => {
+      const d = Math.max(...options.layerSizes);
+      const tokens = options.tokens.includes(512) ? 512 : options.tokens[0];
+      results.profile = await runProfile(context, d, tokens);
     },
     memory: async () => {
       if (options.devices.includes('cuda')) {
