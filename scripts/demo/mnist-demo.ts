@@ -27,7 +27,7 @@ import { lineChartSvg, smooth } from './chart';
 import { type DemoOptions, type MethodName, USAGE, parseDemoArgs } from './cli';
 import { type Digits, SPLIT, head, loadMnist, rotate, splitDigits } from './data';
 import { formatBytes, formatPercent, markdownTable } from './table';
-import { BASE_WEIGHTS, accuracy, createBaseModel, train } from './train';
+import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from './train';
 
 /** The base MLP's Linear layers (nn.MLP names them by position). */
 const TARGET_MODULES = ['0', '2', '4'];
@@ -147,15 +147,20 @@ function runMethod(
     hideCursor: true,
   });
   bar.start(options.epochs * batchesPerEpoch, 0, { epoch: 1, loss: '-' });
-  const result = train(model, params, data.train, {
-    epochs: options.epochs,
-    batchSize: options.batchSize,
-    lr: method.lr,
-    device,
-    seed: 1,
-    onBatch: (epoch, _batch, loss) => bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
-  });
-  bar.stop();
+  let result: TrainResult;
+  try {
+    // Stopped even on failure, so the terminal gets its cursor back.
+    result = train(model, params, data.train, {
+      epochs: options.epochs,
+      batchSize: options.batchSize,
+      lr: method.lr,
+      device,
+      seed: 1,
+      onBatch: (epoch, _batch, loss) => bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
+    });
+  } finally {
+    bar.stop();
+  }
 
   const dir = path.join(options.outDir, 'adapters', name);
   const weightsFile = method.save(model, dir);
@@ -275,7 +280,13 @@ function main(): void {
     console.log(USAGE);
     return;
   }
-  runDemo(options);
+  try {
+    runDemo(options);
+  } catch (error) {
+    // Our errors name the problem and the fix; a stack trace would bury that.
+    console.error(`demo: ${(error as Error).message}`);
+    process.exitCode = 1;
+  }
 }
 
 if (require.main === module) main();
