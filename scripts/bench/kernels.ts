@@ -18,6 +18,7 @@ import {
   type SuiteContext,
   type Summary,
   summarize,
+  torchOn,
   useThreads,
 } from './measure';
 
@@ -175,8 +176,8 @@ function ourKernels(shape: KernelShape, device: 'cpu' | 'cuda'): { kernels: Time
   return { kernels, free: () => all.forEach((t) => t.dispose()) };
 }
 
-async function torchKernels(context: SuiteContext, shape: KernelShape, device: string): Promise<TimedKernel[]> {
-  const torch = context.torch;
+async function torchKernels(context: SuiteContext, shape: KernelShape, device: 'cpu' | 'cuda'): Promise<TimedKernel[]> {
+  const torch = torchOn(context, device);
   if (!torch) return [];
   const ranks = shape.modes.map((m) => Math.min(m, MAX_RANK));
   const k = Math.min(shape.dOut, shape.dIn);
@@ -225,7 +226,7 @@ export async function runKernels(context: SuiteContext, shapes: readonly KernelS
           context.schedule,
         );
         ours.free();
-        await context.torch?.request('drop', { key: `kernels ${shape.name}` });
+        await torchOn(context, device)?.request('drop', { key: `kernels ${shape.name}` });
 
         const sgemm = samples.get('sgemm')!;
         const sgemmFlop = timed.find((t) => t.contender.name === 'sgemm')!.flop!;

@@ -28,6 +28,7 @@ import {
   type SuiteContext,
   type Summary,
   summarize,
+  torchOn,
   useThreads,
 } from './measure';
 
@@ -199,7 +200,7 @@ export async function runLayers(context: SuiteContext, cases: LayerCases): Promi
           context.log(`layers ${device}${threads === null ? '' : ` ${threads} thread(s)`} d ${d} T ${tokens}`);
           const ours = methods.map((method) => ({ method, ...ourStep(method, d, tokens, device) }));
           const contenders: Contender[] = ours.map((o) => ({ name: `ours ${o.method}`, once: o.once }));
-          const torch = context.torch;
+          const torch = torchOn(context, device);
           if (torch) {
             for (const method of methods) {
               const key = `layer ${method}`;

@@ -101,7 +101,14 @@ export interface SuiteContext {
   devices: ('cpu' | 'cuda')[];
   /** The PyTorch worker, or null (the results then say why in environment.torch). */
   torch: TorchWorker | null;
+  /** Whether that PyTorch can use the GPU (a CPU-only build leaves the GPU rows without it). */
+  torchCuda: boolean;
   log(line: string): void;
+}
+
+/** The PyTorch worker if it can run on `device`. */
+export function torchOn(context: SuiteContext, device: 'cpu' | 'cuda'): TorchWorker | null {
+  return device === 'cpu' || context.torchCuda ? context.torch : null;
 }
 
 export async function useThreads(context: SuiteContext, threads: number): Promise<void> {

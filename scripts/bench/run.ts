@@ -140,11 +140,16 @@ async function main(): Promise<void> {
   if (!options.devices.includes('cuda'))
     notes.push(`No GPU figures: ${environment.gpuReason ?? 'not requested (--device)'}.`);
 
+  const torchCuda = environment.torch.available && environment.torch.cuda !== null;
+  if (torch && options.devices.includes('cuda') && !torchCuda) {
+    notes.push('The GPU rows have no PyTorch columns: this PyTorch cannot use the GPU.');
+  }
   const context: SuiteContext = {
     schedule: options.schedule,
     threads: options.threads,
     devices: options.devices,
     torch,
+    torchCuda,
     log,
   };
   const results: BenchResults = {

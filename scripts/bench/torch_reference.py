@@ -1,13 +1,14 @@
 """PyTorch reference for the tera-peft benchmarks.
 
-The three adapters written from docs (tera-math.md) the way a PyTorch user would:
-TeRA's update as a chain of tensordots merged into the frozen weight, VeRA and LoRA
-as in Hugging Face PEFT (a low-rank branch next to the frozen linear layer).
-Autograd computes every gradient.
+The three adapters written from docs (tera-math.md) the way a PyTorch user
+would: TeRA's update as a chain of tensordots merged into the frozen weight,
+VeRA and LoRA as in Hugging Face PEFT (a low-rank branch next to the frozen
+linear layer). Autograd computes every gradient.
 
-The Node suite (scripts/bench/run.ts) drives this file as a worker: one JSON request
-per line on stdin, one JSON reply per line on stdout, so that its runs interleave
-with ours. Each timing reply carries the time measured here, without the round trip.
+The Node suite (scripts/bench/run.ts) drives this file as a worker: one JSON
+request per line on stdin, one JSON reply per line on stdout, so that its runs
+interleave with ours. Each timing reply carries the time measured here,
+without the round trip.
 """
 
 import json
@@ -51,7 +52,8 @@ class TeRA(Frozen):
 
     def forward(self, x):
         d_out, d_in = self.weight.shape
-        update = tera_update(self.core, self.factors, self.trainable, self.alpha, d_out, d_in)
+        update = tera_update(self.core, self.factors, self.trainable,
+                             self.alpha, d_out, d_in)
         return F.linear(x, self.weight + update, self.bias)
 
 
@@ -64,7 +66,8 @@ class VeRA(Frozen):
 
     def forward(self, x):
         lambda_d, lambda_b = self.trainable
-        return super().forward(x) + lambda_b * F.linear(lambda_d * F.linear(x, self.a), self.b)
+        update = F.linear(lambda_d * F.linear(x, self.a), self.b)
+        return super().forward(x) + lambda_b * update
 
 
 class LoRA(Frozen):
@@ -79,7 +82,7 @@ class LoRA(Frozen):
 
 
 def step(layer, x, dy):
-    """One training step's forward and backward: returns y, dx and the adapter gradients."""
+    """One step's forward and backward: y, dx and the adapter gradients."""
     for p in layer.trainable:
         p.grad = None
     x = x.detach().requires_grad_()
@@ -93,7 +96,7 @@ def trainable(t):
 
 
 def make_layer(method, tensors, spec):
-    """A layer from named tensors: the same ones the Node side uses, or random ones."""
+    """A layer from named tensors: those of the Node side, or random ones."""
     weight, bias = tensors["weight"], tensors["bias"]
     if method == "frozen":
         return Frozen(weight, bias)
@@ -101,18 +104,20 @@ def make_layer(method, tensors, spec):
         order = len(spec["modes"])
         factors = [tensors[f"factor{n}"] for n in range(order)]
         scales = [trainable(tensors[f"scale{n}"]) for n in range(order)]
-        return TeRA(weight, bias, tensors["core"], factors, scales, spec["alpha"])
+        return TeRA(weight, bias, tensors["core"], factors, scales,
+                    spec["alpha"])
     if method == "vera":
-        return VeRA(weight, bias, tensors["a"], tensors["b"], trainable(tensors["lambda_d"]),
+        return VeRA(weight, bias, tensors["a"], tensors["b"],
+                    trainable(tensors["lambda_d"]),
                     trainable(tensors["lambda_b"]))
     if method == "lora":
-        return LoRA(weight, bias, trainable(tensors["a"]), trainable(tensors["b"]),
-                    spec["alpha"] / spec["rank"])
+        return LoRA(weight, bias, trainable(tensors["a"]),
+                    trainable(tensors["b"]), spec["alpha"] / spec["rank"])
     raise ValueError(f"unknown method {method!r}")
 
 
 def random_tensors(method, spec, generator, device):
-    """Random inputs of the right shapes; values are nonzero so no path is skipped."""
+    """Random inputs of the right shapes, nonzero so no work is skipped."""
 
     def normal(*shape, std=1.0):
         return (torch.randn(*shape, generator=generator) * std).to(device)
@@ -138,29 +143,32 @@ def random_tensors(method, spec, generator, device):
     return tensors
 
 
+def synchronize(device):
+    """Waits for queued GPU work, so that a timing covers it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 class Worker:
     OPS = ("info", "threads", "setup", "time", "drop", "check")
 
     def __init__(self):
         self.cases = {}
-        self.device = "cpu"
-
-    def synchronize(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
 
     def info(self, request):
         torch.mm(torch.ones(2, 2), torch.ones(2, 2))  # loads the BLAS library
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") or ".so." in line}
-            blas = sorted(path for path in paths if "blas" in os.path.basename(path).lower())
+            libraries = {line.split()[-1] for line in maps if ".so" in line}
+        blas = sorted(os.path.realpath(path) for path in libraries
+                      if "blas" in os.path.basename(path).lower())
+        cuda = torch.cuda.is_available()
         return {
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "executable": sys.executable,
-            "blas": ", ".join(os.path.realpath(path) for path in blas) or "unknown",
+            "blas": ", ".join(blas) or "unknown",
             "mkldnn": torch.backends.mkldnn.is_available(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_device_name() if cuda else None,
         }
 
     def threads(self, request):
@@ -169,14 +177,14 @@ class Worker:
 
     def setup(self, request):
         spec = request["case"]
-        self.device = spec.get("device", "cpu")
+        device = spec.get("device", "cpu")
         generator = torch.Generator().manual_seed(spec.get("seed", 0))
         if spec["kind"] == "kernel":
             modes, ranks = spec["modes"], spec["ranks"]
             m, n, k = spec["gemm"]
 
             def normal(*shape):
-                return torch.randn(*shape, generator=generator).to(self.device)
+                return torch.randn(*shape, generator=generator).to(device)
 
             case = {
                 "core": normal(*ranks),
@@ -187,15 +195,22 @@ class Worker:
             }
             case["size"] = (spec["d_out"], spec["d_in"])
         else:
-            tensors = random_tensors(spec["method"], spec, generator, self.device)
-            case = {"layer": make_layer(spec["method"], tensors, spec), "x": tensors["x"], "dy": tensors["dy"]}
+            method = spec["method"]
+            tensors = random_tensors(method, spec, generator, device)
+            case = {
+                "layer": make_layer(method, tensors, spec),
+                "x": tensors["x"],
+                "dy": tensors["dy"],
+            }
+        case["device"] = device
         self.cases[request["key"]] = case
         return {}
 
     def run(self, case, what):
         if what == "reconstruct":
             with torch.no_grad():
-                tera_update(case["core"], case["factors"], case["scales"], 1.0, *case["size"])
+                tera_update(case["core"], case["factors"], case["scales"],
+                            1.0, *case["size"])
         elif what == "sgemm":
             torch.mm(case["a"], case["b"])
         elif what == "step":
@@ -205,10 +220,10 @@ class Worker:
 
     def time(self, request):
         case = self.cases[request["key"]]
-        self.synchronize()
+        synchronize(case["device"])
         start = time.perf_counter()
         self.run(case, request["what"])
-        self.synchronize()
+        synchronize(case["device"])
         return {"ms": (time.perf_counter() - start) * 1e3}
 
     def drop(self, request):
@@ -216,7 +231,8 @@ class Worker:
         return {}
 
     def check(self, request):
-        """Runs one step on the tensors the Node side wrote and writes back y, dx and the gradients."""
+        """One step on the tensors the Node side wrote; writes back y, dx
+        and the gradients next to them."""
         folder = request["dir"]
         with open(os.path.join(folder, "manifest.json")) as f:
             manifest = json.load(f)
@@ -224,7 +240,8 @@ class Worker:
         for name, shape in manifest["inputs"].items():
             with open(os.path.join(folder, name + ".f32"), "rb") as f:
                 data = bytearray(f.read())
-            tensors[name] = torch.frombuffer(data, dtype=torch.float32).reshape(shape)
+            values = torch.frombuffer(data, dtype=torch.float32)
+            tensors[name] = values.reshape(shape)
         layer = make_layer(manifest["method"], tensors, manifest["spec"])
         outputs = step(layer, tensors["x"], tensors["dy"])
         for name, value in zip(manifest["outputs"], outputs):
@@ -243,7 +260,7 @@ def serve():
             if request["op"] not in Worker.OPS:
                 raise ValueError(f"unknown request {request['op']!r}")
             reply = {"ok": getattr(worker, request["op"])(request)}
-        except Exception as error:  # reported to the Node side, which stops there
+        except Exception as error:  # the Node side reports it and stops
             reply = {"error": f"{type(error).__name__}: {error}"}
         print(json.dumps(reply), flush=True)
 
