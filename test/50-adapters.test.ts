@@ -272,10 +272,13 @@ describe('gradients against float64 finite differences', () => {
     ['LoRA', () => new tera.LoraConfig({ targetModules: ['0'], r: 2, alpha: 3 })],
   ];
   for (const [label, config] of methods) {
-    it(`${label} on one Linear: at initialisation and at random adapter values`, () => {
+    it(`${label} on one Linear: at initialisation, at random adapter values, with a trainable base`, () => {
       const peft = inject(baseMlp([6, 4]), config());
       checkGradients(peft, 6, 3);
       randomise(peft.trainableParameters());
+      checkGradients(peft, 6, 3);
+      // Base weights made trainable too (full fine-tuning plus an adapter): dW0 and db as well.
+      peft.model.getSubmodule('0.base_layer').requiresGrad(true);
       checkGradients(peft, 6, 3);
     });
   }

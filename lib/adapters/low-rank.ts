@@ -9,6 +9,7 @@
  * base GEMM's output (beta = 1) and dx likewise, so no [T, out] or [out, in]
  * temporaries exist: every extra buffer is [T, r] or [out, r].
  */
+import { linearParamGrads } from '../autograd/ops';
 import type { Var } from '../autograd/var';
 import { record } from '../autograd/var';
 import { native } from '../native/loader';
@@ -84,16 +85,7 @@ export function lowRankLinear(x: Var, weight: Var, bias: Var | null, parts: LowR
     [x, weight, bias, a, b, d, e],
     (g, sink) => {
       const G = g.storage;
-      if (bias?.requiresGrad) {
-        const db = zeros([outF], { device: g.device });
-        n.sumAxis(db.storage, G, rows, outF, false, 0);
-        sink(bias, db);
-      }
-      if (weight.requiresGrad) {
-        const dw = zeros([outF, inF], { device: g.device });
-        n.gemm(true, false, outF, inF, rows, 1, G, X, 0, dw.storage);
-        sink(weight, dw);
-      }
+      linearParamGrads(g, x, weight, bias, sink);
       if (b.requiresGrad || e?.requiresGrad) {
         // m = s g^T uScaled is the gradient of B' = diag(e) B.
         const m = zeros([outF, r], { device: g.device });

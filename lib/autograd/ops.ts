@@ -7,7 +7,7 @@
 import type { ActivationName } from '../../binding';
 import { native } from '../native/loader';
 import { Tensor, formatShape, full, shapeSize, tensor, zeros } from '../tensor/tensor';
-import { Var, needsGrad, passOn, record } from './var';
+import { type GradSink, Var, needsGrad, passOn, record } from './var';
 
 /** What ops accept: a Var, or a Tensor taken as a constant. */
 export type Input = Var | Tensor;
@@ -118,13 +118,23 @@ export function linear(input: Input, weight: Input, bias?: Input | null): Var {
       native().gemm(false, false, rows, inF, outF, 1, g.storage, w.data.storage, 0, dx.storage);
       sink(x, dx);
     }
-    if (w.requiresGrad) {
-      const dw = zeros(w.shape, { device: w.device });
-      native().gemm(true, false, outF, inF, rows, 1, g.storage, x.data.storage, 0, dw.storage);
-      sink(w, dw);
-    }
-    if (b?.requiresGrad) sink(b, columnSums(g, rows, outF));
+    linearParamGrads(g, x, w, b, sink);
   });
+}
+
+/**
+ * The weight and bias gradients of y = x W^T + b (dW = g^T x, db = column sums
+ * of g), for those that require them. Shared by every op with a Linear inside.
+ */
+export function linearParamGrads(g: Tensor, x: Var, weight: Var, bias: Var | null, sink: GradSink): void {
+  const [outF, inF] = weight.shape;
+  const rows = x.size / inF;
+  if (weight.requiresGrad) {
+    const dw = zeros(weight.shape, { device: weight.device });
+    native().gemm(true, false, outF, inF, rows, 1, g.storage, x.data.storage, 0, dw.storage);
+    sink(weight, dw);
+  }
+  if (bias?.requiresGrad) sink(bias, columnSums(g, rows, outF));
 }
 
 /** Sums of each column of a [rows, cols] tensor, as a [cols] tensor. */

@@ -15,6 +15,7 @@
  * So a stack of adapted layers needs the shared factors plus one workspace per
  * distinct shape, never d_out x d_in per layer.
  */
+import { linearParamGrads } from '../../autograd/ops';
 import { Parameter, type Var, record } from '../../autograd/var';
 import type { Linear } from '../../nn/layers';
 import { native } from '../../native/loader';
@@ -93,17 +94,7 @@ export class TeraLayer implements MethodLayer {
 
     return record(out, [x, w, b, ...this.lambdas], (g, sink) => {
       const G = g.storage;
-      const X = x.data.storage;
-      if (b?.requiresGrad) {
-        const db = zeros([outF], { device: g.device });
-        n.sumAxis(db.storage, G, rows, outF, false, 0);
-        sink(b, db);
-      }
-      if (w.requiresGrad) {
-        const dw = zeros([outF, inF], { device: g.device });
-        n.gemm(true, false, outF, inF, rows, 1, G, X, 0, dw.storage);
-        sink(w, dw);
-      }
+      linearParamGrads(g, x, w, b, sink);
       if (x.requiresGrad) {
         if (ws.holder !== holder) this.#writeEffectiveWeight(w.data, holder);
         const dx = zeros(x.shape, { device: g.device });
@@ -113,7 +104,7 @@ export class TeraLayer implements MethodLayer {
       if (this.lambdas.some((l) => l.requiresGrad)) {
         // gradX = alpha dY^T x overwrites W_eff; the kernel then uses it as scratch.
         ws.holder = null;
-        n.gemm(true, false, outF, inF, rows, this.alpha, G, X, 0, ws.tensor.storage);
+        n.gemm(true, false, outF, inF, rows, this.alpha, G, x.data.storage, 0, ws.tensor.storage);
         const grads = this.lambdas.map((l) => zeros(l.shape, { device: g.device }));
         const { core, factors, shape } = this.shared;
         n.tuckerScaleGrad(
