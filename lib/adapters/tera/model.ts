@@ -63,10 +63,6 @@ export class TeraFactors {
     }
   }
 
-  get users(): number {
-    return this.#users;
-  }
-
   /** Drops one user; the last one frees the tensors and removes the entry. */
   release(): void {
     if (--this.#users > 0) return;
