@@ -16,7 +16,8 @@
 #ifdef __CUDACC__
 #define TERA_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define TERA_HOST_DEVICE inline
+// Always inlined so a caller compiled for FMA hardware gets fma() as one instruction.
+#define TERA_HOST_DEVICE static inline __attribute__((always_inline))
 #endif
 
 namespace tera {
@@ -68,8 +69,12 @@ TERA_HOST_DEVICE double portableLog(double u) {
   double s = (m - 1.0) / (m + 1.0);  // |s| <= 0.1716
   double s2 = s * s;
   // 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), truncated where terms fall below 1e-19.
-  double series = 1.0 / 25.0;
-  for (int k = 23; k >= 1; k -= 2) series = fma(series, s2, 1.0 / double(k));
+  // Constant reciprocals: both compilers fold them to the same IEEE doubles.
+  const double kOddInverse[] = {1.0 / 1,  1.0 / 3,  1.0 / 5,  1.0 / 7,  1.0 / 9,
+                                1.0 / 11, 1.0 / 13, 1.0 / 15, 1.0 / 17, 1.0 / 19,
+                                1.0 / 21, 1.0 / 23, 1.0 / 25};
+  double series = kOddInverse[12];
+  for (int i = 11; i >= 0; --i) series = fma(series, s2, kOddInverse[i]);
   double logM = 2.0 * s * series;
   const double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
   return fma(double(exponent), kLn2Hi, fma(double(exponent), kLn2Lo, logM));
@@ -82,10 +87,15 @@ TERA_HOST_DEVICE double portableCos2Pi(double t) {
   double x = 6.28318530717958647692 * reduced;
   double x2 = x * x;
   // Nested Taylor series on |x| <= pi/4: cos to x^22, sin to x^23 (error < 1e-19).
+  // kCos[i] = 1 / (k (k - 1)) and kSin[i] = 1 / (k (k + 1)) for k = 2 i + 2.
+  const double kCos[] = {1.0 / 2,   1.0 / 12,  1.0 / 30,  1.0 / 56,  1.0 / 90, 1.0 / 132,
+                         1.0 / 182, 1.0 / 240, 1.0 / 306, 1.0 / 380, 1.0 / 462};
+  const double kSin[] = {1.0 / 6,   1.0 / 20,  1.0 / 42,  1.0 / 72,  1.0 / 110, 1.0 / 156,
+                         1.0 / 210, 1.0 / 272, 1.0 / 342, 1.0 / 420, 1.0 / 506};
   double cosX = 1.0, sinX = 1.0;
-  for (int k = 22; k >= 2; k -= 2) {
-    cosX = fma(-x2 / double(k * (k - 1)), cosX, 1.0);
-    sinX = fma(-x2 / double(k * (k + 1)), sinX, 1.0);
+  for (int i = 10; i >= 0; --i) {
+    cosX = fma(-x2 * kCos[i], cosX, 1.0);
+    sinX = fma(-x2 * kSin[i], sinX, 1.0);
   }
   sinX *= x;
   switch (int(quarter) & 3) {
