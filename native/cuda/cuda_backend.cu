@@ -179,6 +179,17 @@ double CudaBackend::fetchDouble(const double* device) {
   return value;
 }
 
+int CudaBackend::blocksPerMultiprocessor(const void* kernel, int threads, size_t sharedBytes) {
+  const auto key = std::make_pair(kernel, sharedBytes * 4096 + size_t(threads));
+  const auto found = occupancy_.find(key);
+  if (found != occupancy_.end()) return found->second;
+  int blocks = 0;
+  TERA_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, sharedBytes));
+  occupancy_[key] = blocks < 1 ? 1 : blocks;
+  return occupancy_[key];
+}
+
 // --- GEMM ----------------------------------------------------------------------------
 
 namespace {

@@ -8,7 +8,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
 
 #include "core/backend.h"
 #include "core/errors.h"
@@ -109,6 +111,8 @@ class CudaBackend final : public Backend {
   void configureTuckerKernels();
   // Downloads one double from device memory (synchronises).
   double fetchDouble(const double* device);
+  // Resident blocks per multiprocessor for a kernel and launch shape (cached).
+  int blocksPerMultiprocessor(const void* kernel, int threads, size_t sharedBytes);
 
  private:
   void cublasCall(int status, const char* call);
@@ -118,6 +122,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   int multiprocessors_ = 1;
   int sharedMemoryOptin_ = 48 * 1024;
+  std::map<std::pair<const void*, size_t>, int> occupancy_;
   void* scratch_[kScratchCount] = {};
   size_t scratchBytes_[kScratchCount] = {};
 };

@@ -29,11 +29,10 @@ void launchForEach(cudaStream_t stream, int64_t count, const Op& op, const char*
   checkLaunch(name);
 }
 
-template <int FPT>
 __global__ void __launch_bounds__(kPhaseAThreads, 3)
     phaseAKernel(const __grid_constant__ PhaseAParams params, const float* in, float* staged) {
   extern __shared__ __align__(16) float smem[];
-  phaseABody<FPT>(DeviceCtx(), params, in, staged, smem);
+  phaseABody(DeviceCtx(), params, in, staged, smem);
 }
 
 template <int J0MAX, int PMAX>
@@ -67,7 +66,7 @@ struct FillDoubleOp {
 
 using PhaseAFn = void (*)(PhaseAParams, const float*, float*);
 using PhaseBFn = void (*)(PhaseBParams, const float*, float*);
-constexpr PhaseAFn kPhaseA = phaseAKernel<2>;
+constexpr PhaseAFn kPhaseA = phaseAKernel;
 PhaseBFn phaseBFor(int j0max) {
   switch (j0max) {
     case 8:
@@ -77,149 +76,6 @@ PhaseBFn phaseBFor(int j0max) {
     default:
       return phaseBKernel<32, kPhaseBAccumulators / 32>;
   }
-}
-
-int64_t product(const int64_t* dims, int begin, int end) {
-  int64_t p = 1;
-  for (int i = begin; i < end; ++i) p *= dims[i];
-  return p;
-}
-
-int fiberTier(int64_t k) { return k <= 4 ? 4 : k <= 8 ? 8 : k <= 16 ? 16 : 32; }
-
-// Row stride >= x for rows of q contiguous floats such that the rows a warp
-// touches start in different banks: an odd multiple of the power of two >= q.
-int64_t padRow(int64_t x, int64_t q) {
-  if (q >= 32) return x;
-  int64_t g = 1;
-  while (g < q) g <<= 1;
-  int64_t s = (x + g - 1) / g * g;
-  if ((s / g) % 2 == 0) s += g;
-  return s;
-}
-
-// Plans modes [lo, hi) (applied hi-1 first) on tiles of 2^widthLog2 columns.
-// False when a mode is wider than kCap or a buffer exceeds maxFloats.
-bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int widthLog2, int kCap,
-                int64_t maxFloats, const float* const* mats, GroupPlan* g) {
-  *g = GroupPlan();
-  const int64_t w = int64_t(1) << widthLog2;
-  g->steps = hi - lo;
-  if (g->steps == 0) {  // a tile is one row of w columns
-    g->stageFloats = 8;
-    g->loadK = 1;
-    g->loadDiv = makeFastDiv(1);
-    g->loadStrideP = g->loadStrideK = int(w);
-    return true;
-  }
-  int64_t previousOutStride = 0, stageFloats = 0, bufFloats = 0, matOffset = 0;
-  for (int i = 0; i < g->steps; ++i) {
-    const int n = hi - 1 - i;
-    const int64_t K = d[n], J = e[n];
-    if (K > kCap) return false;
-    const int64_t P = product(d, lo, n), Q = product(e, n + 1, hi) * w;
-    const int64_t inStrideK = i == 0 ? Q : previousOutStride;
-    const int64_t inStrideP = i == 0 ? padRow(K * Q, Q) : K * previousOutStride;
-    const int64_t outStrideP = n == lo ? J * Q : padRow(J * Q, Q);
-    const int64_t inNeed = P * inStrideP, outNeed = P * outStrideP;
-    if (inNeed > maxFloats || outNeed > maxFloats || J * 32 > maxFloats) return false;
-    if (i == 0) {
-      stageFloats = inNeed;
-    } else {
-      bufFloats = std::max(bufFloats, inNeed);
-    }
-    bufFloats = std::max(bufFloats, outNeed);
-    ModeStep& st = g->step[i];
-    st.K = int(K);
-    st.J = int(J);
-    st.kTier = fiberTier(K);
-    st.Q = int(Q);
-    st.fibers = int(P * Q);
-    st.byQ = makeFastDiv(uint32_t(Q));
-    st.inStrideP = int(inStrideP);
-    st.inStrideK = int(inStrideK);
-    st.outStrideP = int(outStrideP);
-    st.outStrideJ = int(Q);
-    st.mat = int(matOffset);
-    matOffset += J * st.kTier;
-    g->mats[i] = mats[n];
-    previousOutStride = outStrideP;
-  }
-  // Multiples of 8 floats: buffers stay 16-byte aligned, and pass B may read a
-  // whole group of positions past the last valid one.
-  g->matFloats = int(matOffset);
-  g->stageFloats = int((stageFloats + 7) / 8 * 8);
-  g->bufFloats = int((bufFloats + 7) / 8 * 8);
-  g->loadK = g->step[0].K;
-  g->loadDiv = makeFastDiv(uint32_t(g->loadK));
-  g->loadStrideP = g->step[0].inStrideP;
-  g->loadStrideK = g->step[0].inStrideK;
-  return true;
-}
-
-struct FusedPlan {
-  PhaseAParams a;
-  PhaseBParams b;
-  size_t smemA = 0, smemB = 0;
-  int j0max = 8;
-  int64_t stagedFloats = 0;
-};
-
-size_t smemBytes(int64_t mats, int stages, int64_t stage, int64_t buf) {
-  return size_t(mats + stages * stage + 2 * buf) * sizeof(float);
-}
-
-bool planFused(int order, const int64_t* d, const int64_t* e, const float* const* mats,
-               size_t smemLimit, FusedPlan* plan) {
-  if (order < 2 || e[0] > 32) return false;
-  const int j0max = e[0] <= 8 ? 8 : e[0] <= 16 ? 16 : 32;
-  const int64_t positionsCap = int64_t(kPhaseBThreads) * (kPhaseBAccumulators / j0max);
-  // Pass A keeps at most ~100 KiB per block so that two or more blocks share an SM.
-  const size_t limitA = std::min<size_t>(smemLimit, 100 * 1024);
-  for (int s = 1; s < order; ++s) {
-    GroupPlan ga;
-    if (!buildGroup(s, order, d, e, 0, kPhaseAFiberCap, int64_t(limitA / 4), mats, &ga)) continue;
-    const size_t smemA = smemBytes(ga.matFloats, kPhaseAStages, ga.stageFloats, ga.bufFloats);
-    if (smemA > limitA) continue;
-    const int64_t sliceIn = product(d, 1, s), rowsOut = product(e, 1, s);
-    for (int widthLog2 = 3; widthLog2 >= 0; --widthLog2) {
-      const int64_t w = int64_t(1) << widthLog2;
-      if (rowsOut * w > positionsCap) continue;
-      GroupPlan gb;
-      if (!buildGroup(1, s, d, e, widthLog2, kPhaseBFiberCap, int64_t(smemLimit / 4), mats, &gb)) {
-        continue;
-      }
-      const int64_t u0Offset = gb.matFloats;
-      const int64_t matFloatsB = u0Offset + d[0] * j0max;
-      const size_t smemB = smemBytes(matFloatsB, kPhaseBStages, gb.stageFloats, gb.bufFloats);
-      if (smemB > smemLimit) continue;
-      const int64_t slabs = product(d, 0, s), rowLength = product(e, s, order);
-      plan->a.g = ga;
-      plan->a.slabs = slabs;
-      plan->a.slabIn = int(product(d, s, order));
-      plan->a.slabOut = int(rowLength);
-      plan->a.widthLog2 = widthLog2;
-      gb.matFloats = int(matFloatsB);
-      plan->b.g = gb;
-      plan->b.u0 = mats[0];
-      plan->b.k0 = int(d[0]);
-      plan->b.j0 = int(e[0]);
-      plan->b.u0Offset = int(u0Offset);
-      plan->b.widthLog2 = widthLog2;
-      plan->b.sliceIn = int(sliceIn);
-      plan->b.positions = int(rowsOut * w);
-      plan->b.rowsOut = rowsOut;
-      plan->b.rowsIn = slabs;
-      plan->b.rowLength = rowLength;
-      plan->b.colBlocks = (rowLength + w - 1) / w;
-      plan->smemA = smemA;
-      plan->smemB = smemB;
-      plan->j0max = j0max;
-      plan->stagedFloats = plan->b.colBlocks * slabs * w;
-      return true;
-    }
-  }
-  return false;
 }
 
 }  // namespace
@@ -244,18 +100,18 @@ void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64
       TERA_CUDA_CHECK(cudaMemsetAsync(staged + lastGroup, 0,
                                       size_t(plan.b.rowsIn * w) * sizeof(float), stream_));
     }
-    int perSm = 0;
-    TERA_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kPhaseA, kPhaseAThreads, plan.smemA));
-    const int64_t gridA =
-        std::min<int64_t>(plan.a.slabs, int64_t(std::max(perSm, 1)) * multiprocessors_);
+    const int64_t residentA =
+        int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(kPhaseA), kPhaseAThreads,
+                                        plan.smemA)) *
+        multiprocessors_;
+    const int64_t gridA = std::min<int64_t>(plan.a.slabs, residentA);
     kPhaseA<<<int(gridA), kPhaseAThreads, plan.smemA, stream_>>>(plan.a, in, staged);
     checkLaunch("tucker pass A");
     const PhaseBFn phaseB = phaseBFor(plan.j0max);
-    TERA_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, phaseB, kPhaseBThreads, plan.smemB));
-    const int64_t gridB =
-        std::min<int64_t>(plan.b.colBlocks, int64_t(std::max(perSm, 1)) * multiprocessors_);
+    const int64_t residentB = int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(phaseB),
+                                                              kPhaseBThreads, plan.smemB)) *
+                              multiprocessors_;
+    const int64_t gridB = std::min<int64_t>(plan.b.colBlocks, residentB);
     phaseB<<<int(gridB), kPhaseBThreads, plan.smemB, stream_>>>(plan.b, staged, out);
     checkLaunch("tucker pass B");
     return;

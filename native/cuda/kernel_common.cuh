@@ -11,8 +11,10 @@
 
 #ifdef __CUDACC__
 #define TERA_DEV __device__ __forceinline__
+#define TERA_DEV_NOINLINE __device__ __noinline__
 #else
 #define TERA_DEV inline
+#define TERA_DEV_NOINLINE inline
 #endif
 
 namespace tera {
@@ -52,6 +54,15 @@ TERA_DEV Float4 load4(const float* p) {
   Float4 v;
   std::memcpy(&v, p, sizeof v);
   return v;
+#endif
+}
+
+// 16-byte store; p must be 16-byte aligned.
+TERA_DEV void store4(float* p, const Float4& v) {
+#ifdef __CUDA_ARCH__
+  *reinterpret_cast<float4*>(p) = make_float4(v.x, v.y, v.z, v.w);
+#else
+  std::memcpy(p, &v, sizeof v);
 #endif
 }
 

@@ -1,23 +1,29 @@
 // Kernel bodies of the fused multi-mode product Y = X x_1 M_1 ... x_N M_N that
 // Tucker reconstruction (M_n = A_n diag(l_n)) and the core-space projection of
-// the gradient (M_n = A_n^T) share, and of the scaling-vector gradient.
+// the gradient (M_n = A_n^T) share, the host planner that lays them out, and
+// the kernels of the scaling-vector gradient.
 //
 // Two passes, each reading and writing device memory once:
 //  A. trailing modes [s, N): one block per slab X[a, :] (a = leading index),
-//     the slab in shared memory, modes applied last first; the result goes to a
-//     staging tensor T laid out in column groups of w ([cols/w][rows][w]) so
-//     that pass B reads contiguous tiles.
+//     the slab in shared memory (loaded by asynchronous copies one slab ahead),
+//     modes applied last first; the result goes to a staging tensor T laid out
+//     in column groups of w ([cols/w][rows][w]) so that pass B reads
+//     contiguous tiles.
 //  B. leading modes [0, s): one block per group of w columns. For each r0 (the
 //     index of mode 0) the tile T[r0, :, cols] is brought into shared memory by
-//     asynchronous copies several tiles ahead, modes s-1..1 are applied there,
+//     asynchronous copies three tiles ahead, modes s-1..1 are applied there,
 //     and the result is accumulated into registers with column r0 of M_0; at
 //     the end the registers hold Y[:, cols], written once.
-// Inside a block a mode product is a set of fibers: a thread loads one fiber
-// (K values along the mode, stride inStrideK) into registers and writes J
-// outputs, the matrix rows coming from shared memory as 16-byte broadcasts.
-// Buffer rows are padded (see the planner in cuda_tucker.cu) so that a warp's
-// fibers fall in distinct banks.
+// Inside a block one mode product in [P, K, Q] -> out [P, J, Q] is a small
+// GEMM per p: each thread computes a JT x 4 register tile (JT outputs of 4
+// fibers), reading per k one value of each fiber (a 16-byte load when the 4
+// fibers are consecutive along q, or 16 bytes along k when Q = 1) and JT
+// matrix entries as 16-byte broadcasts from the transposed matrix. Row and
+// row-group strides are padded (see padRow) so that the fibers of a warp fall
+// in distinct banks.
 #pragma once
+
+#include <algorithm>
 
 #include "core/shape.h"
 #include "cuda/kernel_common.cuh"
@@ -27,22 +33,36 @@ namespace cuda {
 
 constexpr int kPhaseAThreads = 256;
 constexpr int kPhaseBThreads = 512;
-constexpr int kPhaseAStages = 2;  // slabs in flight per block
-constexpr int kPhaseBStages = 4;  // tiles in flight per block
-constexpr int kPhaseAFiberCap = 32;
-constexpr int kPhaseBFiberCap = 16;
+constexpr int kPhaseAStages = 2;         // slabs in flight per block
+constexpr int kPhaseBStages = 4;         // tiles in flight per block
+constexpr int kPhaseATile = 8;           // JT: outputs per thread tile in pass A
+constexpr int kPhaseBTile = 4;           // and in pass B (its accumulators need the registers)
 constexpr int kPhaseBAccumulators = 64;  // registers per thread for the output columns
 
+// How a step's threads read their 4 fibers.
+enum StepMode {
+  kStepScalar = 0,  // any layout: 4 fibers 32 apart, one float each per k
+  kStepVecQ = 1,    // Q % 4 == 0: 4 consecutive q of one p, one 16-byte load per k
+  kStepVecK = 2     // Q == 1: fibers are rows, 16-byte loads along k
+};
+
 // One mode applied inside a block: in [P, K, Q] -> out [P, J, Q], q contiguous.
+// Input (p, k, q) is at p * inStrideP + k * inStrideK + q; output (p, j, q) at
+// (p / outSplit) * outStrideP2 + (p % outSplit) * outStrideP + j * outStrideJ + q
+// (outSplit is the next step's K, so the next step sees rows of stride
+// outStrideP and row groups of stride outStrideP2).
 struct ModeStep {
-  int K = 0, J = 0;
-  int kTier = 4;  // fiber registers: 4, 8, 16 or 32 >= K
-  int Q = 1;
+  int K = 0, J = 0, Q = 1;
+  int mode = kStepScalar;
   int fibers = 0;  // P * Q
   FastDiv byQ;
+  int jBlocks = 1;  // ceil(J / JT)
+  FastDiv byJBlocks;
   int inStrideP = 0, inStrideK = 0;
-  int outStrideP = 0, outStrideJ = 0;
-  int mat = 0;  // float offset of this mode's zero-padded [J][kTier] matrix in shared memory
+  FastDiv outSplit;
+  int outStrideP2 = 0, outStrideP = 0, outStrideJ = 0;
+  int jPad = 0;  // row length of the transposed matrix: J rounded up to JT
+  int mat = 0;   // float offset of this mode's zero-padded M^T [K][jPad] in shared memory
 };
 
 // A group of consecutive modes applied by one block, last mode first.
@@ -82,10 +102,10 @@ template <class Ctx>
 TERA_DEV void loadGroupMats(const Ctx& c, const GroupPlan& g, float* mats) {
   for (int s = 0; s < g.steps; ++s) {
     const ModeStep& st = g.step[s];
-    const int count = st.J * st.kTier;
+    const int count = st.K * st.jPad;
     for (int idx = c.tid(); idx < count; idx += c.threads()) {
-      const int j = idx / st.kTier, k = idx - j * st.kTier;
-      mats[st.mat + idx] = k < st.K ? g.mats[s][int64_t(j) * st.K + k] : 0.0f;
+      const int k = idx / st.jPad, j = idx - k * st.jPad;
+      mats[st.mat + idx] = j < st.J ? g.mats[s][int64_t(j) * st.K + k] : 0.0f;
     }
   }
 }
@@ -104,75 +124,156 @@ TERA_DEV void issueTileLoad(const Ctx& c, const GroupPlan& g, const float* src, 
   }
 }
 
-template <int KT, int FPT, class Ctx>
-TERA_DEV void fiberStep(const Ctx& c, const ModeStep& st, const float* in, float* out,
-                        const float* mat) {
-  const int stride = FPT * c.threads();
-  for (int base = c.tid(); base < st.fibers; base += stride) {
-    float x[FPT][KT];
-    int outOffset[FPT];
-    bool valid[FPT];
+TERA_DEV float lane4(const Float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// acc[j][f] += u[j] * x[f] for the JT matrix entries of row k.
+template <int JT>
+TERA_DEV void tileUpdate(float (&acc)[JT][4], const float* u, const float (&x)[4]) {
 #pragma unroll
-    for (int f = 0; f < FPT; ++f) {
-      const int fiber = base + f * c.threads();
-      valid[f] = fiber < st.fibers;
-      const int safe = valid[f] ? fiber : base;
-      const int p = int(fastDiv(st.byQ, uint32_t(safe)));
-      const int q = safe - p * st.Q;
-      const float* src = in + p * st.inStrideP + q;
-      outOffset[f] = p * st.outStrideP + q;
+  for (int j = 0; j < JT; j += 4) {
+    const Float4 w = load4(u + j);
 #pragma unroll
-      for (int k = 0; k < KT; ++k) x[f][k] = k < st.K ? src[k * st.inStrideK] : 0.0f;
+    for (int f = 0; f < 4; ++f) {
+      acc[j][f] = fma32(w.x, x[f], acc[j][f]);
+      acc[j + 1][f] = fma32(w.y, x[f], acc[j + 1][f]);
+      acc[j + 2][f] = fma32(w.z, x[f], acc[j + 2][f]);
+      acc[j + 3][f] = fma32(w.w, x[f], acc[j + 3][f]);
     }
-#pragma unroll 1
-    for (int j = 0; j < st.J; ++j) {
-      const float* u = mat + j * KT;
-      float acc[FPT];
+  }
+}
+
+// One mode product inside the block. Work units are (group of 128 fibers,
+// block of JT outputs, lane); a warp shares its group and output block, so the
+// matrix loads are broadcasts and the fiber loads cover distinct banks.
+// Not inlined: each mode's code then gets the registers on its own.
+template <int JT, int MODE, class Ctx>
+TERA_DEV_NOINLINE void tileStep(const Ctx& c, const ModeStep& st, const float* in, float* out,
+                                const float* matT) {
+  const int units = ((st.fibers + 127) >> 7) * st.jBlocks * 32;
+  for (int unit = c.tid(); unit < units; unit += c.threads()) {
+    const int lane = unit & 31, rest = unit >> 5;
+    const int group = int(fastDiv(st.byJBlocks, uint32_t(rest)));
+    const int j0 = (rest - group * st.jBlocks) * JT;
+    const float* u = matT + j0;
+    float acc[JT][4];
 #pragma unroll
-      for (int f = 0; f < FPT; ++f) acc[f] = 0.0f;
+    for (int j = 0; j < JT; ++j) {
 #pragma unroll
-      for (int k = 0; k < KT; k += 4) {
-        const Float4 w = load4(u + k);
+      for (int f = 0; f < 4; ++f) acc[j][f] = 0.0f;
+    }
+    if constexpr (MODE == kStepVecQ) {
+      const int f0 = (group << 7) + (lane << 2);
+      if (f0 >= st.fibers) continue;
+      const int p = int(fastDiv(st.byQ, uint32_t(f0)));
+      const int q = f0 - p * st.Q;
+      const float* src = in + p * st.inStrideP + q;
+      for (int k = 0; k < st.K; ++k) {
+        const Float4 v = load4(src + k * st.inStrideK);
+        const float x[4] = {v.x, v.y, v.z, v.w};
+        tileUpdate<JT>(acc, u + k * st.jPad, x);
+      }
+      const int pg = int(fastDiv(st.outSplit, uint32_t(p)));
+      float* dst = out + pg * st.outStrideP2 + (p - pg * int(st.outSplit.d)) * st.outStrideP + q;
 #pragma unroll
-        for (int f = 0; f < FPT; ++f) {
-          acc[f] = fma32(w.x, x[f][k], acc[f]);
-          acc[f] = fma32(w.y, x[f][k + 1], acc[f]);
-          acc[f] = fma32(w.z, x[f][k + 2], acc[f]);
-          acc[f] = fma32(w.w, x[f][k + 3], acc[f]);
+      for (int j = 0; j < JT; ++j) {
+        if (j0 + j < st.J) {
+          store4(dst + (j0 + j) * st.outStrideJ, {acc[j][0], acc[j][1], acc[j][2], acc[j][3]});
         }
       }
+    } else if constexpr (MODE == kStepVecK) {
+      // Q == 1: fiber f of this unit is row p = group * 128 + lane + 32 f.
+      int src[4];
+      bool valid[4];
 #pragma unroll
-      for (int f = 0; f < FPT; ++f) {
-        if (valid[f]) out[outOffset[f] + j * st.outStrideJ] = acc[f];
+      for (int f = 0; f < 4; ++f) {
+        const int p = (group << 7) + lane + 32 * f;
+        valid[f] = p < st.fibers;
+        src[f] = (valid[f] ? p : 0) * st.inStrideP;
+      }
+      int k = 0;
+      for (; k + 4 <= st.K; k += 4) {
+        Float4 v[4];
+#pragma unroll
+        for (int f = 0; f < 4; ++f) v[f] = valid[f] ? load4(in + src[f] + k) : Float4{0, 0, 0, 0};
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const float x[4] = {lane4(v[0], kk), lane4(v[1], kk), lane4(v[2], kk), lane4(v[3], kk)};
+          tileUpdate<JT>(acc, u + (k + kk) * st.jPad, x);
+        }
+      }
+      for (; k < st.K; ++k) {
+        float x[4];
+#pragma unroll
+        for (int f = 0; f < 4; ++f) x[f] = valid[f] ? in[src[f] + k] : 0.0f;
+        tileUpdate<JT>(acc, u + k * st.jPad, x);
+      }
+      // Rows hold J contiguous outputs (outStrideJ == 1) with room up to a multiple of 4.
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        if (!valid[f]) continue;
+        const int p = (group << 7) + lane + 32 * f;
+        const int pg = int(fastDiv(st.outSplit, uint32_t(p)));
+        float* dst = out + pg * st.outStrideP2 + (p - pg * int(st.outSplit.d)) * st.outStrideP + j0;
+#pragma unroll
+        for (int j = 0; j < JT; j += 4) {
+          if (j0 + j < st.J)
+            store4(dst + j, {acc[j][f], acc[j + 1][f], acc[j + 2][f], acc[j + 3][f]});
+        }
+      }
+    } else {
+      int inOffset[4], outOffset[4];
+      bool valid[4];
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int fiber = (group << 7) + lane + 32 * f;
+        valid[f] = fiber < st.fibers;
+        const int safe = valid[f] ? fiber : 0;
+        const int p = int(fastDiv(st.byQ, uint32_t(safe)));
+        const int q = safe - p * st.Q;
+        const int pg = int(fastDiv(st.outSplit, uint32_t(p)));
+        inOffset[f] = p * st.inStrideP + q;
+        outOffset[f] = pg * st.outStrideP2 + (p - pg * int(st.outSplit.d)) * st.outStrideP + q;
+      }
+      for (int k = 0; k < st.K; ++k) {
+        float x[4];
+#pragma unroll
+        for (int f = 0; f < 4; ++f) x[f] = valid[f] ? in[inOffset[f] + k * st.inStrideK] : 0.0f;
+        tileUpdate<JT>(acc, u + k * st.jPad, x);
+      }
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        if (!valid[f]) continue;
+#pragma unroll
+        for (int j = 0; j < JT; ++j) {
+          if (j0 + j < st.J) out[outOffset[f] + (j0 + j) * st.outStrideJ] = acc[j][f];
+        }
       }
     }
   }
 }
 
-// Applies every step of the group (the first reads `stage`), ping-ponging
-// between buf and buf + bufFloats, with a barrier after each; returns the
-// buffer holding the result. Fibers of up to 16 use FPT fibers per thread,
-// wider ones one (to bound registers).
-template <int FPT, int KCAP, class Ctx>
+// Applies every step of the group (the first reads `stage`); even steps write
+// bufA and odd steps bufB, with a barrier after each. Returns the buffer
+// holding the result.
+template <int JT, class Ctx>
 TERA_DEV const float* runGroupSteps(const Ctx& c, const GroupPlan& g, const float* stage,
-                                    float* buf, const float* mats) {
+                                    float* bufA, float* bufB, const float* mats) {
   const float* src = stage;
   for (int s = 0; s < g.steps; ++s) {
     const ModeStep& st = g.step[s];
-    float* dst = buf + (s & 1) * g.bufFloats;
+    float* dst = s & 1 ? bufB : bufA;
     const float* mat = mats + st.mat;
-    switch (st.kTier) {
-      case 4:
-        fiberStep<4, FPT>(c, st, src, dst, mat);
+    switch (st.mode) {
+      case kStepVecQ:
+        tileStep<JT, kStepVecQ>(c, st, src, dst, mat);
         break;
-      case 8:
-        fiberStep<8, FPT>(c, st, src, dst, mat);
-        break;
-      case 16:
-        fiberStep<16, FPT>(c, st, src, dst, mat);
+      case kStepVecK:
+        tileStep<JT, kStepVecK>(c, st, src, dst, mat);
         break;
       default:
-        if (KCAP >= 32) fiberStep<(KCAP >= 32 ? 32 : 16), 1>(c, st, src, dst, mat);
+        tileStep<JT, kStepScalar>(c, st, src, dst, mat);
         break;
     }
     c.sync();
@@ -182,7 +283,7 @@ TERA_DEV const float* runGroupSteps(const Ctx& c, const GroupPlan& g, const floa
 }
 
 // Pass A. Shared memory: matrices, kPhaseAStages input stages, two buffers.
-template <int FPT, class Ctx>
+template <class Ctx>
 TERA_DEV void phaseABody(const Ctx& c, const PhaseAParams& P, const float* in, float* staged,
                          float* smem) {
   const GroupPlan& g = P.g;
@@ -211,8 +312,10 @@ TERA_DEV void phaseABody(const Ctx& c, const PhaseAParams& P, const float* in, f
     asyncCommit();
     asyncWait<kPhaseAStages - 1>();
     c.sync();
-    const float* result = runGroupSteps<FPT, kPhaseAFiberCap>(
-        c, g, stages + iteration % kPhaseAStages * g.stageFloats, buf, mats);
+    // The consumed stage doubles as the second ping-pong buffer once the first
+    // step has read it (the planner sized it for the odd steps' outputs).
+    float* stage = stages + iteration % kPhaseAStages * g.stageFloats;
+    const float* result = runGroupSteps<kPhaseATile>(c, g, stage, buf, stage, mats);
     // T[a, col] lives at ((col / w) * slabs + a) * w + col % w.
     for (int e = c.tid(); e < P.slabOut; e += c.threads()) {
       const int64_t group = e >> P.widthLog2;
@@ -263,8 +366,8 @@ TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* stage
       asyncCommit();
       asyncWait<kPhaseBStages - 1>();
       c.sync();
-      const float* v = runGroupSteps<1, kPhaseBFiberCap>(
-          c, g, stages + r0 % kPhaseBStages * g.stageFloats, buf, mats);
+      const float* v = runGroupSteps<kPhaseBTile>(c, g, stages + r0 % kPhaseBStages * g.stageFloats,
+                                                  buf, buf + g.bufFloats, mats);
       float u[J0MAX];
 #pragma unroll
       for (int j = 0; j < J0MAX; j += 4) {
@@ -311,6 +414,181 @@ TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* stage
       }
     }
   }
+}
+
+// --- Planning (host) ------------------------------------------------------------
+
+inline int64_t product(const int64_t* dims, int begin, int end) {
+  int64_t p = 1;
+  for (int i = begin; i < end; ++i) p *= dims[i];
+  return p;
+}
+
+// Stride >= x for rows of q contiguous floats (q < 32), chosen so that the
+// rows a warp touches start in different banks and stay 16-byte aligned: an
+// odd multiple of max(4, the power of two >= q). Wider rows are left compact.
+inline int64_t padRow(int64_t x, int64_t q) {
+  if (q >= 32) return x;
+  int64_t g = 4;
+  while (g < q) g <<= 1;
+  int64_t s = (x + g - 1) / g * g;
+  if ((s / g) % 2 == 0) s += g;
+  return s;
+}
+
+// Plans modes [lo, hi) (applied hi-1 first) on tiles of 2^widthLog2 columns,
+// with JT outputs per thread tile. Even steps write buffer A, odd steps buffer
+// B, which is the consumed stage itself when reuseStage (pass A) and a second
+// buffer of bufFloats otherwise. False when a buffer exceeds maxFloats.
+inline bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int widthLog2, int jt,
+                       bool reuseStage, int64_t maxFloats, const float* const* mats, GroupPlan* g) {
+  *g = GroupPlan();
+  const int64_t w = int64_t(1) << widthLog2;
+  g->steps = hi - lo;
+  if (g->steps == 0) {  // a tile is one row of w columns
+    g->stageFloats = 8;
+    g->loadK = 1;
+    g->loadDiv = makeFastDiv(1);
+    g->loadStrideP = g->loadStrideK = int(w);
+    return true;
+  }
+  int64_t inStrideP = 0, inStrideK = 0, stageFloats = 0, evenNeed = 0, oddNeed = 0;
+  int64_t matOffset = 0;
+  for (int i = 0; i < g->steps; ++i) {
+    const int n = hi - 1 - i;
+    const int64_t K = d[n], J = e[n];
+    const int64_t P = product(d, lo, n), Q = product(e, n + 1, hi) * w;
+    if (i == 0) {  // the stage, filled by the tile loader
+      inStrideK = Q;
+      inStrideP = padRow(K * Q, Q);
+    }
+    // Output rows (p) of J * Q floats; rows grouped by the next step's K.
+    const bool last = n == lo;
+    const int64_t split = last ? 1 : d[n - 1];
+    const int64_t rowStride = last ? J * Q : padRow(J * Q, Q);
+    const int64_t nextQ = J * Q;
+    const int64_t groupStride = last ? J * Q : padRow(split * rowStride, nextQ);
+    const int64_t inNeed = P * inStrideP;
+    const int64_t outNeed = last ? P * J * Q : (P / split) * groupStride;
+    const int64_t jPad = (J + jt - 1) / jt * jt;
+    if (inNeed > maxFloats || outNeed > maxFloats || K * jPad > maxFloats || P * Q > maxFloats) {
+      return false;
+    }
+    if (i == 0) stageFloats = inNeed;
+    int64_t& need = i % 2 == 0 ? evenNeed : oddNeed;
+    need = std::max(need, outNeed + 4);  // VecK stores round J up to 4
+    ModeStep& st = g->step[i];
+    st.K = int(K);
+    st.J = int(J);
+    st.Q = int(Q);
+    st.fibers = int(P * Q);
+    st.byQ = makeFastDiv(uint32_t(Q));
+    st.jBlocks = int(jPad / jt);
+    st.byJBlocks = makeFastDiv(uint32_t(st.jBlocks));
+    st.inStrideP = int(inStrideP);
+    st.inStrideK = int(inStrideK);
+    st.outSplit = makeFastDiv(uint32_t(split));
+    st.outStrideP2 = int(groupStride);
+    st.outStrideP = int(rowStride);
+    st.outStrideJ = int(Q);
+    st.jPad = int(jPad);
+    st.mat = int(matOffset);
+    const bool aligned =
+        inStrideP % 4 == 0 && inStrideK % 4 == 0 && rowStride % 4 == 0 && groupStride % 4 == 0;
+    if (Q == 1 && inStrideK == 1 && inStrideP % 4 == 0 && (last || rowStride % 4 == 0)) {
+      st.mode = kStepVecK;
+    } else if (Q % 4 == 0 && aligned) {
+      st.mode = kStepVecQ;
+    } else {
+      st.mode = kStepScalar;
+    }
+    matOffset += K * jPad;
+    g->mats[i] = mats[n];
+    // The next step reads rows of this output: k stride rowStride, p stride groupStride.
+    inStrideK = rowStride;
+    inStrideP = groupStride;
+  }
+  // Multiples of 8 floats: buffers stay 16-byte aligned, and pass B may read a
+  // whole group of positions past the last valid one.
+  g->matFloats = int(matOffset);
+  if (reuseStage) stageFloats = std::max(stageFloats, oddNeed);
+  const int64_t bufFloats = reuseStage ? evenNeed : std::max(evenNeed, oddNeed);
+  if (stageFloats > maxFloats || bufFloats > maxFloats) return false;
+  g->stageFloats = int((stageFloats + 7) / 8 * 8);
+  g->bufFloats = int((bufFloats + 7) / 8 * 8);
+  g->loadK = g->step[0].K;
+  g->loadDiv = makeFastDiv(uint32_t(g->loadK));
+  g->loadStrideP = g->step[0].inStrideP;
+  g->loadStrideK = g->step[0].inStrideK;
+  return true;
+}
+
+struct FusedPlan {
+  PhaseAParams a;
+  PhaseBParams b;
+  size_t smemA = 0, smemB = 0;
+  int j0max = 8;
+  int64_t stagedFloats = 0;
+};
+
+inline size_t smemBytes(int64_t mats, int stages, int64_t stage, int64_t buf, int bufs) {
+  return size_t(mats + stages * stage + bufs * buf) * sizeof(float);
+}
+
+inline bool planFused(int order, const int64_t* d, const int64_t* e, const float* const* mats,
+                      size_t smemLimit, FusedPlan* plan) {
+  if (order < 2 || e[0] > 32) return false;
+  const int j0max = e[0] <= 8 ? 8 : e[0] <= 16 ? 16 : 32;
+  const int64_t positionsCap = int64_t(kPhaseBThreads) * (kPhaseBAccumulators / j0max);
+  // Pass A keeps at most ~100 KiB per block so that two or more blocks share an SM.
+  const size_t limitA = std::min<size_t>(smemLimit, 100 * 1024);
+  for (int s = 1; s < order; ++s) {
+    GroupPlan ga;
+    if (!buildGroup(s, order, d, e, 0, kPhaseATile, true, int64_t(limitA / 4), mats, &ga)) {
+      continue;
+    }
+    const size_t smemA = smemBytes(ga.matFloats, kPhaseAStages, ga.stageFloats, ga.bufFloats, 1);
+    if (smemA > limitA) continue;
+    const int64_t sliceIn = product(d, 1, s), rowsOut = product(e, 1, s);
+    for (int widthLog2 = 3; widthLog2 >= 0; --widthLog2) {
+      const int64_t w = int64_t(1) << widthLog2;
+      if (rowsOut * w > positionsCap) continue;
+      GroupPlan gb;
+      if (!buildGroup(1, s, d, e, widthLog2, kPhaseBTile, false, int64_t(smemLimit / 4), mats,
+                      &gb)) {
+        continue;
+      }
+      const int64_t u0Offset = gb.matFloats;
+      const int64_t matFloatsB = u0Offset + d[0] * j0max;
+      const size_t smemB = smemBytes(matFloatsB, kPhaseBStages, gb.stageFloats, gb.bufFloats, 2);
+      if (smemB > smemLimit) continue;
+      const int64_t slabs = product(d, 0, s), rowLength = product(e, s, order);
+      plan->a.g = ga;
+      plan->a.slabs = slabs;
+      plan->a.slabIn = int(product(d, s, order));
+      plan->a.slabOut = int(rowLength);
+      plan->a.widthLog2 = widthLog2;
+      gb.matFloats = int(matFloatsB);
+      plan->b.g = gb;
+      plan->b.u0 = mats[0];
+      plan->b.k0 = int(d[0]);
+      plan->b.j0 = int(e[0]);
+      plan->b.u0Offset = int(u0Offset);
+      plan->b.widthLog2 = widthLog2;
+      plan->b.sliceIn = int(sliceIn);
+      plan->b.positions = int(rowsOut * w);
+      plan->b.rowsOut = rowsOut;
+      plan->b.rowsIn = slabs;
+      plan->b.rowLength = rowLength;
+      plan->b.colBlocks = (rowLength + w - 1) / w;
+      plan->smemA = smemA;
+      plan->smemB = smemB;
+      plan->j0max = j0max;
+      plan->stagedFloats = plan->b.colBlocks * slabs * w;
+      return true;
+    }
+  }
+  return false;
 }
 
 // --- Scaling-vector gradient (all in double) --------------------------------
