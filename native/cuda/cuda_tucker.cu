@@ -1,11 +1,12 @@
 // Mode products and the Tucker kernels on the GPU. A single mode product is a
 // cuBLAS GEMM (one, or a strided batch). A multi-mode product (reconstruction,
 // and the core-space projection of the scale gradient) runs the fused two-pass
-// kernels of tucker_kernels.cuh when the planner below finds a layout that fits
-// shared memory and registers (modes up to 32 wide in pass A, 16 in pass B, the
-// first output mode up to 32), and otherwise successive strided-batched GEMMs
-// with ping-pong buffers. The scale gradient then contracts H = Z * G with the
-// scaling vectors by suffix contractions and prefix weights, never dividing by l.
+// kernels of tucker_kernels.cuh when their planner finds a layout that fits
+// shared memory and registers (the first output mode at most 32 wide, and the
+// leading group's outputs per column group within the pass-B accumulators),
+// and otherwise successive strided-batched GEMMs with ping-pong buffers. The
+// scale gradient then contracts H = Z * G with the scaling vectors by suffix
+// contractions and prefix weights, never dividing by l.
 #include <algorithm>
 #include <vector>
 

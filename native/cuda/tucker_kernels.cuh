@@ -11,8 +11,9 @@
 //     contiguous tiles.
 //  B. leading modes [0, s): one block per group of w columns. For each r0 (the
 //     index of mode 0) the tile T[r0, :, cols] is brought into shared memory by
-//     asynchronous copies three tiles ahead, modes s-1..1 are applied there,
-//     and the result is accumulated into registers with column r0 of M_0; at
+//     asynchronous copies, in batches of up to 4 consecutive r0 (contiguous in
+//     T) one batch ahead, modes s-1..1 are applied there to the whole batch,
+//     and each result is accumulated into registers with column r0 of M_0; at
 //     the end the registers hold Y[:, cols], written once.
 // Inside a block one mode product in [P, K, Q] -> out [P, J, Q] is a small
 // GEMM per p: each thread computes a JT x 4 register tile (JT outputs of 4
@@ -34,7 +35,7 @@ namespace cuda {
 constexpr int kPhaseAThreads = 256;
 constexpr int kPhaseBThreads = 512;
 constexpr int kPhaseAStages = 2;         // slabs in flight per block
-constexpr int kPhaseBStages = 4;         // tiles in flight per block
+constexpr int kPhaseBStages = 2;         // batches of tiles in flight per block
 constexpr int kPhaseATile = 8;           // JT: outputs per thread tile in pass A
 constexpr int kPhaseBTile = 4;           // and in pass B (its accumulators need the registers)
 constexpr int kPhaseBAccumulators = 64;  // registers per thread for the output columns
@@ -72,7 +73,7 @@ struct GroupPlan {
   const float* mats[kMaxOrder] = {};  // global [J][K] row-major, per step
   int matFloats = 0;                  // shared matrix area (phase B adds M_0^T)
   int stageFloats = 0;                // one input stage, in the first step's layout
-  int bufFloats = 0;                  // each of the two ping-pong buffers
+  int bufFloats = 0;                  // a ping-pong buffer (pass A: one, plus the consumed stage)
   FastDiv loadDiv;                    // input row -> (p, k) of the first step
   int loadK = 1, loadStrideP = 0, loadStrideK = 0;
 };
@@ -90,6 +91,8 @@ struct PhaseBParams {
   int k0 = 0, j0 = 0;
   int u0Offset = 0;  // M_0^T, zero-padded [k0][J0MAX], in shared memory
   int widthLog2 = 0;
+  int batch = 1;          // tiles (consecutive r0) per batch
+  int vStride = 0;        // distance between the tiles' results in the result buffer
   int sliceIn = 0;        // rows of one tile: prod in-dims [1, s)
   int positions = 0;      // outputs per r0 and block: prod out-dims [1, s) * w
   int64_t rowsOut = 0;    // prod out-dims [1, s)
@@ -325,7 +328,8 @@ TERA_DEV void phaseABody(const Ctx& c, const PhaseAParams& P, const float* in, f
   }
 }
 
-// Pass B. Shared memory: matrices (and M_0^T), kPhaseBStages tiles, two buffers.
+// Pass B. Shared memory: matrices (and M_0^T), kPhaseBStages batch stages, two
+// buffers.
 template <int J0MAX, int PMAX, class Ctx>
 TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* staged, float* out,
                          float* smem) {
@@ -341,62 +345,68 @@ TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* stage
 
   const int w = 1 << P.widthLog2, mask = w - 1;
   const int tileFloats = P.sliceIn << P.widthLog2;
+  const int batches = (P.k0 + P.batch - 1) / P.batch;
   const int first = c.tid() * PMAX;
   for (int64_t cb = c.block(); cb < P.colBlocks; cb += c.blocks()) {
     const float* base = staged + cb * P.rowsIn * w;
+    // Batch b holds tiles r0 = b * batch ... (only those below k0 are loaded).
+    auto issueBatch = [&](int b) {
+      const int r0 = b * P.batch;
+      const int tiles = P.k0 - r0 < P.batch ? P.k0 - r0 : P.batch;
+      issueTileLoad(c, g, base + int64_t(r0) * tileFloats, tiles * tileFloats, P.widthLog2,
+                    stages + b % kPhaseBStages * g.stageFloats);
+    };
     float acc[J0MAX][PMAX];
 #pragma unroll
     for (int j = 0; j < J0MAX; ++j) {
 #pragma unroll
       for (int i = 0; i < PMAX; ++i) acc[j][i] = 0.0f;
     }
-    for (int s = 0; s < kPhaseBStages - 1; ++s) {
-      if (s < P.k0) {
-        issueTileLoad(c, g, base + int64_t(s) * tileFloats, tileFloats, P.widthLog2,
-                      stages + s * g.stageFloats);
-      }
+    for (int b = 0; b < kPhaseBStages - 1; ++b) {
+      if (b < batches) issueBatch(b);
       asyncCommit();
     }
-    for (int r0 = 0; r0 < P.k0; ++r0) {
-      const int ahead = r0 + kPhaseBStages - 1;
-      if (ahead < P.k0) {
-        issueTileLoad(c, g, base + int64_t(ahead) * tileFloats, tileFloats, P.widthLog2,
-                      stages + ahead % kPhaseBStages * g.stageFloats);
-      }
+    for (int b = 0; b < batches; ++b) {
+      if (b + kPhaseBStages - 1 < batches) issueBatch(b + kPhaseBStages - 1);
       asyncCommit();
       asyncWait<kPhaseBStages - 1>();
       c.sync();
-      const float* v = runGroupSteps<kPhaseBTile>(c, g, stages + r0 % kPhaseBStages * g.stageFloats,
+      const float* v = runGroupSteps<kPhaseBTile>(c, g, stages + b % kPhaseBStages * g.stageFloats,
                                                   buf, buf + g.bufFloats, mats);
-      float u[J0MAX];
+      for (int t = 0; t < P.batch; ++t) {
+        const int r0 = b * P.batch + t;
+        if (r0 >= P.k0) break;
+        float u[J0MAX];
 #pragma unroll
-      for (int j = 0; j < J0MAX; j += 4) {
-        const Float4 q = load4(mats + P.u0Offset + r0 * J0MAX + j);
-        u[j] = q.x;
-        u[j + 1] = q.y;
-        u[j + 2] = q.z;
-        u[j + 3] = q.w;
-      }
-      // This thread's outputs are positions [first, first + PMAX) of the tile.
-      float value[PMAX];
-      if (first < P.positions) {  // buffers are padded to a multiple of 8 floats
-        if constexpr (PMAX % 4 == 0) {
-#pragma unroll
-          for (int i = 0; i < PMAX; i += 4) {
-            const Float4 q = load4(v + first + i);
-            value[i] = q.x;
-            value[i + 1] = q.y;
-            value[i + 2] = q.z;
-            value[i + 3] = q.w;
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < PMAX; ++i) value[i] = v[first + i];
+        for (int j = 0; j < J0MAX; j += 4) {
+          const Float4 q = load4(mats + P.u0Offset + r0 * J0MAX + j);
+          u[j] = q.x;
+          u[j + 1] = q.y;
+          u[j + 2] = q.z;
+          u[j + 3] = q.w;
         }
+        // This thread's outputs are positions [first, first + PMAX) of the tile.
+        if (first < P.positions) {  // rows are padded to a multiple of 8 floats
+          const float* tile = v + t * P.vStride;
+          float value[PMAX];
+          if constexpr (PMAX % 4 == 0) {
 #pragma unroll
-        for (int j = 0; j < J0MAX; ++j) {
+            for (int i = 0; i < PMAX; i += 4) {
+              const Float4 q = load4(tile + first + i);
+              value[i] = q.x;
+              value[i + 1] = q.y;
+              value[i + 2] = q.z;
+              value[i + 3] = q.w;
+            }
+          } else {
 #pragma unroll
-          for (int i = 0; i < PMAX; ++i) acc[j][i] = fma32(u[j], value[i], acc[j][i]);
+            for (int i = 0; i < PMAX; ++i) value[i] = tile[first + i];
+          }
+#pragma unroll
+          for (int j = 0; j < J0MAX; ++j) {
+#pragma unroll
+            for (int i = 0; i < PMAX; ++i) acc[j][i] = fma32(u[j], value[i], acc[j][i]);
+          }
         }
       }
       c.sync();
@@ -436,20 +446,23 @@ inline int64_t padRow(int64_t x, int64_t q) {
   return s;
 }
 
-// Plans modes [lo, hi) (applied hi-1 first) on tiles of 2^widthLog2 columns,
-// with JT outputs per thread tile. Even steps write buffer A, odd steps buffer
-// B, which is the consumed stage itself when reuseStage (pass A) and a second
-// buffer of bufFloats otherwise. False when a buffer exceeds maxFloats.
+// Plans modes [lo, hi) (applied hi-1 first) on `batch` stacked tiles of
+// 2^widthLog2 columns, with JT outputs per thread tile. Even steps write buffer
+// A, odd steps buffer B, which is the consumed stage itself when reuseStage
+// (pass A) and a second buffer of bufFloats otherwise. The last step's result
+// has one row per tile, padded to a multiple of 8 floats. False when a buffer
+// exceeds maxFloats.
 inline bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int widthLog2, int jt,
-                       bool reuseStage, int64_t maxFloats, const float* const* mats, GroupPlan* g) {
+                       int batch, bool reuseStage, int64_t maxFloats, const float* const* mats,
+                       GroupPlan* g) {
   *g = GroupPlan();
   const int64_t w = int64_t(1) << widthLog2;
   g->steps = hi - lo;
-  if (g->steps == 0) {  // a tile is one row of w columns
-    g->stageFloats = 8;
+  if (g->steps == 0) {  // a tile is one row of w columns, stored in 8 floats
+    g->stageFloats = 8 * batch;
     g->loadK = 1;
     g->loadDiv = makeFastDiv(1);
-    g->loadStrideP = g->loadStrideK = int(w);
+    g->loadStrideP = g->loadStrideK = 8;
     return true;
   }
   int64_t inStrideP = 0, inStrideK = 0, stageFloats = 0, evenNeed = 0, oddNeed = 0;
@@ -457,7 +470,7 @@ inline bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int w
   for (int i = 0; i < g->steps; ++i) {
     const int n = hi - 1 - i;
     const int64_t K = d[n], J = e[n];
-    const int64_t P = product(d, lo, n), Q = product(e, n + 1, hi) * w;
+    const int64_t P = product(d, lo, n) * batch, Q = product(e, n + 1, hi) * w;
     if (i == 0) {  // the stage, filled by the tile loader
       inStrideK = Q;
       inStrideP = padRow(K * Q, Q);
@@ -465,11 +478,11 @@ inline bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int w
     // Output rows (p) of J * Q floats; rows grouped by the next step's K.
     const bool last = n == lo;
     const int64_t split = last ? 1 : d[n - 1];
-    const int64_t rowStride = last ? J * Q : padRow(J * Q, Q);
+    const int64_t rowStride = last ? (J * Q + 7) / 8 * 8 : padRow(J * Q, Q);
     const int64_t nextQ = J * Q;
-    const int64_t groupStride = last ? J * Q : padRow(split * rowStride, nextQ);
+    const int64_t groupStride = last ? rowStride : padRow(split * rowStride, nextQ);
     const int64_t inNeed = P * inStrideP;
-    const int64_t outNeed = last ? P * J * Q : (P / split) * groupStride;
+    const int64_t outNeed = (P / split) * groupStride;
     const int64_t jPad = (J + jt - 1) / jt * jt;
     if (inNeed > maxFloats || outNeed > maxFloats || K * jPad > maxFloats || P * Q > maxFloats) {
       return false;
@@ -544,18 +557,21 @@ inline bool planFused(int order, const int64_t* d, const int64_t* e, const float
   const size_t limitA = std::min<size_t>(smemLimit, 100 * 1024);
   for (int s = 1; s < order; ++s) {
     GroupPlan ga;
-    if (!buildGroup(s, order, d, e, 0, kPhaseATile, true, int64_t(limitA / 4), mats, &ga)) {
+    if (!buildGroup(s, order, d, e, 0, kPhaseATile, 1, true, int64_t(limitA / 4), mats, &ga)) {
       continue;
     }
     const size_t smemA = smemBytes(ga.matFloats, kPhaseAStages, ga.stageFloats, ga.bufFloats, 1);
     if (smemA > limitA) continue;
     const int64_t sliceIn = product(d, 1, s), rowsOut = product(e, 1, s);
-    for (int widthLog2 = 3; widthLog2 >= 0; --widthLog2) {
+    // Widest column groups first (coalescing), then the largest batch of tiles
+    // that fits (more parallel work per step, deeper prefetch).
+    for (int trial = 0; trial < 12; ++trial) {
+      const int widthLog2 = 3 - trial / 3, batch = 4 >> (trial % 3);
       const int64_t w = int64_t(1) << widthLog2;
       if (rowsOut * w > positionsCap) continue;
       GroupPlan gb;
-      if (!buildGroup(1, s, d, e, widthLog2, kPhaseBTile, false, int64_t(smemLimit / 4), mats,
-                      &gb)) {
+      if (!buildGroup(1, s, d, e, widthLog2, kPhaseBTile, batch, false, int64_t(smemLimit / 4),
+                      mats, &gb)) {
         continue;
       }
       const int64_t u0Offset = gb.matFloats;
@@ -575,6 +591,8 @@ inline bool planFused(int order, const int64_t* d, const int64_t* e, const float
       plan->b.j0 = int(e[0]);
       plan->b.u0Offset = int(u0Offset);
       plan->b.widthLog2 = widthLog2;
+      plan->b.batch = batch;
+      plan->b.vStride = gb.steps == 0 ? 8 : gb.step[gb.steps - 1].outStrideP;
       plan->b.sliceIn = int(sliceIn);
       plan->b.positions = int(rowsOut * w);
       plan->b.rowsOut = rowsOut;
