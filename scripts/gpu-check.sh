@@ -3,20 +3,24 @@
 # nvcc (no Node needed): builds tera_core + tera_native_tests, finds cuBLAS in
 # PyTorch's pip packages, runs the CUDA-vs-CPU test (with its benchmark lines)
 # and compute-sanitizer memcheck and racecheck on a quick run. Logs go to
-# $OUT (default ./gpu-check-out).
+# $OUT (default build-gpu/out).
 #   TERA_CUDA_ARCH   GPU architecture to build for (default 90)
+#   TERA_SANITIZER_TIMEOUT  seconds per compute-sanitizer tool (default 180)
 #   TERA_OPENBLAS_DIR  a folder with include/cblas.h (+ openblas_config.h) and
-#                    lib/libopenblas.a, for machines without libopenblas-dev
-#                    (copy them from a Debian machine's openblas-pthread dirs)
+#                    lib/libopenblas.a, for machines without libopenblas-dev:
+#                    copy them from a Debian machine's openblas-pthread include
+#                    and lib folders into an ignored folder (e.g. .openblas,
+#                    listed in .git/info/exclude) and carry it along
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-check-out}
+OUT=${OUT:-$PWD/build-gpu/out}
 mkdir -p "$OUT"
 arch=${TERA_CUDA_ARCH:-90}
 log() { echo "gpu-check: $*" | tee -a "$OUT/summary.log"; }
 
 command -v nvcc >/dev/null || { log "nvcc not found on PATH"; exit 1; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$OUT/summary.log" 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$OUT/summary.log" 2>&1 ||
+  log "nvidia-smi failed or is missing"
 
 # OpenBLAS (the CPU reference backend needs it).
 blas_inc="" blas_lib=""
@@ -78,7 +82,7 @@ grep '^BENCH' "$OUT/tests.log" | tee -a "$OUT/summary.log"
 
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
-    TERA_TEST_QUICK=1 timeout 600 compute-sanitizer --tool $tool --error-exitcode 3 \
+    TERA_TEST_QUICK=1 timeout "${TERA_SANITIZER_TIMEOUT:-180}" compute-sanitizer --tool $tool --error-exitcode 3 \
       $exe >"$OUT/sanitizer-$tool.log" 2>&1
     log "compute-sanitizer $tool: exit $? ($(grep -c '^PASS' "$OUT/sanitizer-$tool.log") checks ran; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1))"
   done
