@@ -30,7 +30,10 @@ export interface KernelShape {
   modes: number[];
 }
 
-const MAX_RANK = 16;
+/** R_n = min(I_n, 16): the adapter's default ranks. */
+function ranksOf(shape: KernelShape): number[] {
+  return shape.modes.map((m) => Math.min(m, 16));
+}
 
 export const kernelShapes: KernelShape[] = [
   { name: '1024x1024', dOut: 1024, dIn: 1024, modes: [8, 8, 16, 8, 8, 16] },
@@ -87,7 +90,7 @@ function normal(shape: number[], device: 'cpu' | 'cuda', key: number): Tensor {
 /** Our kernels and sgemm for one shape on one device, with everything allocated up front. */
 function ourKernels(shape: KernelShape, device: 'cpu' | 'cuda'): { kernels: TimedKernel[]; free(): void } {
   const { modes } = shape;
-  const ranks = modes.map((m) => Math.min(m, MAX_RANK));
+  const ranks = ranksOf(shape);
   const order = modes.length;
   const core = normal(ranks, device, 1);
   const factors = modes.map((m, n) => normal([m, ranks[n]], device, 10 + n));
@@ -179,7 +182,7 @@ function ourKernels(shape: KernelShape, device: 'cpu' | 'cuda'): { kernels: Time
 async function torchKernels(context: SuiteContext, shape: KernelShape, device: 'cpu' | 'cuda'): Promise<TimedKernel[]> {
   const torch = torchOn(context, device);
   if (!torch) return [];
-  const ranks = shape.modes.map((m) => Math.min(m, MAX_RANK));
+  const ranks = ranksOf(shape);
   const k = Math.min(shape.dOut, shape.dIn);
   const key = `kernels ${shape.name}`;
   await torch.request('setup', {
@@ -240,7 +243,7 @@ export async function runKernels(context: SuiteContext, shapes: readonly KernelS
             threads,
             shape: shape.name,
             modes: shape.modes,
-            ranks: shape.modes.map((m) => Math.min(m, MAX_RANK)),
+            ranks: ranksOf(shape),
             kernel: t.kernel,
             implementation: t.implementation,
             flop,

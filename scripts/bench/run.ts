@@ -188,9 +188,6 @@ async function main(): Promise<void> {
       results.profile = await runProfile(context, d, tokens);
     },
     memory: async () => {
-      if (options.devices.includes('cuda')) {
-        notes.push('No GPU stack memory: the addon exposes no allocator statistics (allocated bytes) to read.');
-      }
       results.memory = await runMemory(context, { quick: options.quick, methods: options.methods });
     },
   };
