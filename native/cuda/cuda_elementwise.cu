@@ -7,24 +7,13 @@
 
 #include "cuda/cuda_backend.h"
 #include "cuda/elementwise_kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace tera {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <class Op>
-__global__ void forEachKernel(int64_t count, Op op) {
-  forEachBody(DeviceCtx(), count, op);
-}
-
-template <class Op>
-void launchForEach(cudaStream_t stream, int64_t count, const Op& op, const char* name) {
-  if (count <= 0) return;
-  forEachKernel<<<gridFor(count, kThreads), kThreads, 0, stream>>>(count, op);
-  checkLaunch(name);
-}
 
 template <class Term>
 __global__ void __launch_bounds__(kReduceThreads)

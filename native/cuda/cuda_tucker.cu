@@ -12,23 +12,12 @@
 
 #include "cuda/cuda_backend.h"
 #include "cuda/elementwise_kernels.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/tucker_kernels.cuh"
 
 namespace tera {
 namespace cuda {
 namespace {
-
-template <class Op>
-__global__ void forEachKernel(int64_t count, Op op) {
-  forEachBody(DeviceCtx(), count, op);
-}
-
-template <class Op>
-void launchForEach(cudaStream_t stream, int64_t count, const Op& op, const char* name) {
-  if (count <= 0) return;
-  forEachKernel<<<gridFor(count, 256), 256, 0, stream>>>(count, op);
-  checkLaunch(name);
-}
 
 __global__ void __launch_bounds__(kPhaseAThreads, 3)
     phaseAKernel(const __grid_constant__ PhaseAParams params, const float* in, float* staged) {
