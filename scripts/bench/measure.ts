@@ -111,7 +111,13 @@ export function torchOn(context: SuiteContext, device: 'cpu' | 'cuda'): TorchWor
   return device === 'cpu' || context.torchCuda ? context.torch : null;
 }
 
+/** Sets our threads and PyTorch's (its intra-op threads and its BLAS's); refuses to go on if they differ. */
 export async function useThreads(context: SuiteContext, threads: number): Promise<void> {
   setNumThreads(threads);
-  await context.torch?.request('threads', { n: threads });
+  if (!context.torch) return;
+  const reply = await context.torch.request('threads', { n: threads });
+  const blasThreads = reply.blas_threads ?? threads;
+  if (reply.threads !== threads || blasThreads !== threads) {
+    throw new Error(`PyTorch runs ${reply.threads} threads and its BLAS ${blasThreads}, not ${threads}`);
+  }
 }

@@ -11,6 +11,7 @@ interleave with ours. Each timing reply carries the time measured here,
 without the round trip.
 """
 
+import ctypes
 import json
 import os
 import sys
@@ -143,6 +144,15 @@ def random_tensors(method, spec, generator, device):
     return tensors
 
 
+def blas_libraries():
+    """The BLAS libraries this process has loaded (torch.mm loads them)."""
+    torch.mm(torch.ones(2, 2), torch.ones(2, 2))
+    with open("/proc/self/maps") as maps:
+        libraries = {line.split()[-1] for line in maps if ".so" in line}
+    return sorted(os.path.realpath(path) for path in libraries
+                  if "blas" in os.path.basename(path).lower())
+
+
 def synchronize(device):
     """Waits for queued GPU work, so that a timing covers it."""
     if device == "cuda":
@@ -156,24 +166,28 @@ class Worker:
         self.cases = {}
 
     def info(self, request):
-        torch.mm(torch.ones(2, 2), torch.ones(2, 2))  # loads the BLAS library
-        with open("/proc/self/maps") as maps:
-            libraries = {line.split()[-1] for line in maps if ".so" in line}
-        blas = sorted(os.path.realpath(path) for path in libraries
-                      if "blas" in os.path.basename(path).lower())
         cuda = torch.cuda.is_available()
         return {
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "executable": sys.executable,
-            "blas": ", ".join(blas) or "unknown",
+            "blas": ", ".join(blas_libraries()) or "unknown",
             "mkldnn": torch.backends.mkldnn.is_available(),
             "cuda": torch.cuda.get_device_name() if cuda else None,
         }
 
     def threads(self, request):
         torch.set_num_threads(request["n"])
-        return {"threads": torch.get_num_threads()}
+        # A build that calls the system OpenBLAS (Debian's) leaves its threads
+        # to OpenBLAS: torch.set_num_threads does not reach them.
+        blas_threads = None
+        for path in blas_libraries():
+            library = ctypes.CDLL(path)
+            if hasattr(library, "openblas_set_num_threads"):
+                library.openblas_set_num_threads(request["n"])
+                blas_threads = library.openblas_get_num_threads()
+        return {"threads": torch.get_num_threads(),
+                "blas_threads": blas_threads}
 
     def setup(self, request):
         spec = request["case"]
