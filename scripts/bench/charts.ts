@@ -24,7 +24,7 @@ export interface BarChart {
 
 const ROW = 18;
 const GROUP_GAP = 10;
-const LABEL_WIDTH = 260;
+const LABEL_WIDTH = 330;
 const PLOT_WIDTH = 520;
 const VALUE_WIDTH = 80;
 
@@ -48,7 +48,7 @@ function ticks(scale: 'linear' | 'log', low: number, high: number): number[] {
   const step = 10 ** Math.floor(Math.log10(high / 5));
   const nice = [1, 2, 5, 10].map((m) => m * step).find((s) => high / s <= 6) ?? step * 10;
   const out: number[] = [];
-  for (let t = 0; t <= high + 1e-9; t += nice) out.push(t);
+  for (let i = 0; i <= Math.ceil(high / nice); i++) out.push(i * nice);
   return out;
 }
 
@@ -87,7 +87,7 @@ export function renderBarChart(chart: BarChart): string {
     const rx = LABEL_WIDTH + x(chart.reference.value);
     parts.push(
       `<line x1="${rx}" y1="${top - 4}" x2="${rx}" y2="${bottom}" stroke="#c00" stroke-dasharray="4 3"/>`,
-      `<text x="${rx}" y="${top - 8}" text-anchor="middle" fill="#c00">${escape(chart.reference.label)}</text>`,
+      `<text x="${rx}" y="${top - 8}" text-anchor="end" fill="#c00">${escape(chart.reference.label)}</text>`,
     );
   }
   (chart.legend ?? []).forEach(([label, color], i) => {

@@ -333,7 +333,7 @@ function kernelChart(key: string, kernels: KernelResult[]): string {
     .filter((k) => k.gflops !== null)
     .map((k) => {
       const row = {
-        label: `${k.shape} ${k.kernel.replace(/ \(.*\)$/, '')}${k.implementation === 'PyTorch' ? ' (PyTorch)' : ''}`,
+        label: `${k.shape} ${k.kernel}`,
         value: k.gflops!,
         color: k.implementation === 'PyTorch' ? '#f0a040' : k.kernel.startsWith('sgemm') ? '#555555' : '#1f77b4',
         groupStart: k.shape !== previousShape,
@@ -347,6 +347,11 @@ function kernelChart(key: string, kernels: KernelResult[]): string {
     rows,
     scale: 'linear',
     reference: { value: peak, label: `measured sgemm peak ${fixed(peak)}` },
+    legend: [
+      ['tera-peft kernels', '#1f77b4'],
+      ['sgemm', '#555555'],
+      ['PyTorch', '#f0a040'],
+    ],
   });
 }
 
