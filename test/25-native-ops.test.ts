@@ -4,7 +4,8 @@
  */
 import type { NativeStorage } from '../binding';
 import { native } from '../lib/native/loader';
-import { randomArray, rng } from './helpers/reference';
+import { erf, randomArray, rng } from './helpers/reference';
+import { expectAllClose } from './helpers/tolerance';
 
 const ops = native();
 const store = (data: Float32Array): NativeStorage => {
@@ -12,17 +13,9 @@ const store = (data: Float32Array): NativeStorage => {
   s.write(data);
   return s;
 };
-/** Asserts |got - want| <= tol (1 + |want|) everywhere, reporting the worst index. */
-const close = (got: Float32Array, want: ArrayLike<number>, tol = 1e-6) => {
-  expect(got.length).toBe(want.length);
-  let worst = -1;
-  let worstExcess = 0;
-  got.forEach((v, i) => {
-    const excess = Math.abs(v - want[i]) - tol * (1 + Math.abs(want[i]));
-    if (excess > worstExcess) [worst, worstExcess] = [i, excess];
-  });
-  expect({ worst, got: got[worst], want: want[worst] }).toEqual({ worst: -1, got: undefined, want: undefined });
-};
+/** |got - want| <= tol (1 + |want|) everywhere; NaN fails. */
+const close = (got: Float32Array, want: ArrayLike<number>, tol = 1e-6) =>
+  expectAllClose(got, want, { rtol: tol, atol: tol });
 
 // Large enough (> 2^15) that the CPU backend splits the loops across threads.
 const N = 70001;
@@ -88,16 +81,6 @@ describe('elementwise kernels', () => {
     );
   });
 
-  const erf = (v: number) => {
-    // Abramowitz-Stegun 7.1.26 is too coarse; integrate the series instead (float64).
-    let sum = 0;
-    let term = v;
-    for (let n = 0; n < 80; n++) {
-      sum += term / (2 * n + 1);
-      term *= (-v * v) / (n + 1);
-    }
-    return (2 / Math.sqrt(Math.PI)) * sum;
-  };
   const activations = {
     relu: (v: number) => Math.max(v, 0),
     gelu: (v: number) => 0.5 * v * (1 + erf(v / Math.SQRT2)),

@@ -6,7 +6,8 @@
 import * as tera from '../lib';
 import { autograd as ag } from '../lib';
 import { native } from '../lib/native/loader';
-import { gemm as gemm64, randomArray, rng } from './helpers/reference';
+import { erf, gemm as gemm64, randomArray, rng } from './helpers/reference';
+import { isClose } from './helpers/tolerance';
 
 type Ref = (inputs: Float64Array[]) => Float64Array;
 
@@ -66,7 +67,7 @@ function checkOp(specs: InputSpec[], op: (vars: tera.autograd.Var[]) => tera.aut
       probe[k][i] = input.values[i] - h;
       const down = weightedSum(ref(probe), weights);
       const fd = (up - down) / (2 * h);
-      if (Math.abs(grad[i] - fd) > 2e-4 * (1 + Math.abs(fd))) {
+      if (!isClose(grad[i], fd, 2e-4, 2e-4)) {
         throw new Error(`input ${k} element ${i}: autograd ${grad[i]} vs finite difference ${fd}`);
       }
     }
@@ -80,17 +81,6 @@ function matmulRef(m: number, n: number, k: number, transA: boolean, transB: boo
 function elementwise(f: (...xs: number[]) => number): Ref {
   return (xs) => xs[0].map((_, i) => f(...xs.map((x) => x[i])));
 }
-
-const erf = (x: number): number => {
-  // Abramowitz-Stegun 7.1.26 is too coarse for finite differences; integrate the series instead.
-  let term = x;
-  let total = x;
-  for (let n = 1; n < 60; n++) {
-    term *= (-x * x) / n;
-    total += term / (2 * n + 1);
-  }
-  return (2 / Math.sqrt(Math.PI)) * total;
-};
 
 describe('autograd ops: forward vs float64, gradients vs finite differences', () => {
   for (const [transA, transB] of [

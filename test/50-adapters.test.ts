@@ -8,18 +8,13 @@ import * as tera from '../lib';
 import { autograd as ag, adapters, nn } from '../lib';
 import { native } from '../lib/native/loader';
 import { gemm as gemm64, randomArray, reconstruct, rng } from './helpers/reference';
+import { expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
 
 const next = rng(50);
 type Var = tera.autograd.Var;
 
 function f64(t: tera.Tensor | Var): Float64Array {
   return Float64Array.from(t.toFloat32Array());
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
 }
 
 /** Sets every parameter of `layer`'s adapters to random values in [-1, 1). */
@@ -102,7 +97,7 @@ function checkGradients(peft: tera.PeftModel, inFeatures: number, rows: number):
   const current = (p: tera.nn.Parameter) => snapshot.get(p)!;
   const x64 = Float64Array.from(xData);
   const expected = forward64(peft, x64, rows, current);
-  expect(maxAbsDiff(y.toFloat32Array(), expected)).toBeLessThan(1e-5);
+  expectMaxAbsDiff(y.toFloat32Array(), expected, 1e-5);
 
   const weights = randomArray(y.size, next);
   y.backward(tera.tensor(weights, y.shape));
@@ -112,7 +107,7 @@ function checkGradients(peft: tera.PeftModel, inFeatures: number, rows: number):
   const compare = (what: string, analytic: Float32Array, probe: (i: number, delta: number) => number) => {
     for (let i = 0; i < analytic.length; i++) {
       const fd = (probe(i, h) - probe(i, -h)) / (2 * h);
-      if (Math.abs(analytic[i] - fd) > 2e-4 * (1 + Math.abs(fd))) {
+      if (!isClose(analytic[i], fd, 2e-4, 2e-4)) {
         throw new Error(`${what}[${i}]: autograd ${analytic[i]} vs finite difference ${fd}`);
       }
     }
@@ -331,7 +326,7 @@ describe('merge, unmerge, disable', () => {
       randomise(peft.trainableParameters());
       const w0 = peft.adapterLayers().map(([, l]) => l.baseLayer.weight.toFloat32Array());
       const adapted = peft.forward(x).toFloat32Array();
-      expect(maxAbsDiff(adapted, base)).toBeGreaterThan(1e-2);
+      expectDiffer(adapted, base, 1e-2);
       expect(peft.disableAdapters(() => peft.forward(x).toFloat32Array())).toEqual(base);
       expect(peft.forward(x).toFloat32Array()).toEqual(adapted);
       const expectedMerged = peft.adapterLayers().map(([, l]) => effectiveWeight64(l, f64));
@@ -339,20 +334,20 @@ describe('merge, unmerge, disable', () => {
       peft.mergeAdapter();
       expect(peft.merged).toBe(true);
       peft.adapterLayers().forEach(([, l], i) => {
-        expect(maxAbsDiff(l.baseLayer.weight.toFloat32Array(), expectedMerged[i])).toBeLessThan(1e-5);
+        expectMaxAbsDiff(l.baseLayer.weight.toFloat32Array(), expectedMerged[i], 1e-5);
       });
-      expect(maxAbsDiff(peft.forward(x).toFloat32Array(), adapted)).toBeLessThan(1e-5);
+      expectMaxAbsDiff(peft.forward(x).toFloat32Array(), adapted, 1e-5);
 
       peft.unmergeAdapter();
       peft.adapterLayers().forEach(([, l], i) => {
-        expect(maxAbsDiff(l.baseLayer.weight.toFloat32Array(), w0[i])).toBeLessThan(1e-6);
+        expectMaxAbsDiff(l.baseLayer.weight.toFloat32Array(), w0[i], 1e-6);
       });
-      expect(maxAbsDiff(peft.forward(x).toFloat32Array(), adapted)).toBeLessThan(1e-6);
+      expectMaxAbsDiff(peft.forward(x).toFloat32Array(), adapted, 1e-6);
 
       const plain = peft.mergeAndUnload();
       expect(plain.namedModules().some(([, m]) => m instanceof adapters.AdapterLinear)).toBe(false);
       expect(plain.namedParameters().map(([n]) => n)).toEqual(['0.weight', '0.bias', '2.weight', '2.bias']);
-      expect(maxAbsDiff(plain.forward(x).toFloat32Array(), adapted)).toBeLessThan(1e-5);
+      expectMaxAbsDiff(plain.forward(x).toFloat32Array(), adapted, 1e-5);
     });
   }
 
@@ -364,7 +359,7 @@ describe('merge, unmerge, disable', () => {
     const warn = jest.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
     try {
       const out = peft.disableAdapters(() => peft.forward(x).toFloat32Array());
-      expect(maxAbsDiff(out, reference)).toBeLessThan(1e-6);
+      expectMaxAbsDiff(out, reference, 1e-6);
       expect(warn).toHaveBeenCalledWith(expect.stringMatching(/unmerging merged adapters/));
     } finally {
       warn.mockRestore();
@@ -412,7 +407,7 @@ describe('several adapters', () => {
     expect(peft.trainableParameters().map((p) => p.size)).toEqual([8, 8]);
     randomise(peft.trainableParameters());
     const outB = peft.forward(x).toFloat32Array();
-    expect(maxAbsDiff(outA, outB)).toBeGreaterThan(1e-3);
+    expectDiffer(outA, outB, 1e-3);
     expect(() => peft.setAdapter(['a', 'b'])).toThrow(/adapters 'a' and 'b' are both active on '0'/);
     expect(() => peft.setAdapter('c')).toThrow(/no adapter named 'c'; adapters: a, b/);
     peft.setAdapter('a');

@@ -5,6 +5,7 @@
 import * as tera from '../lib';
 import { autograd as ag, nn, optim } from '../lib';
 import { randomArray, rng } from './helpers/reference';
+import { expectAllClose } from './helpers/tolerance';
 
 const next = rng(70);
 
@@ -12,9 +13,8 @@ function param(values: Float32Array): tera.nn.Parameter {
   return new nn.Parameter(tera.tensor(values));
 }
 
-function expectClose(got: Float32Array, want: Float64Array, tol = 1e-6): void {
-  want.forEach((w, i) => expect(Math.abs(got[i] - w)).toBeLessThanOrEqual(tol * (1 + Math.abs(w))));
-}
+const expectClose = (got: Float32Array, want: Float64Array, tol = 1e-6) =>
+  expectAllClose(got, want, { rtol: tol, atol: tol });
 
 describe('AdamW', () => {
   it('follows torch.optim.AdamW for three steps, with weight decay', () => {

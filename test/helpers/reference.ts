@@ -22,6 +22,17 @@ export function randomArray(n: number, next: () => number): Float32Array {
   return out;
 }
 
+/** erf in float64 from its Maclaurin series (Abramowitz-Stegun 7.1.26 is too coarse for finite differences). */
+export function erf(x: number): number {
+  let sum = 0;
+  let term = x;
+  for (let n = 0; n < 80; n++) {
+    sum += term / (2 * n + 1);
+    term *= (-x * x) / (n + 1);
+  }
+  return (2 / Math.sqrt(Math.PI)) * sum;
+}
+
 export function product(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
 }
@@ -35,9 +46,13 @@ function unravel(index: number, dims: readonly number[]): number[] {
   return out;
 }
 
+/**
+ * A float64 result with, per element, the sum of |terms| it came from: float32
+ * accumulation of n terms errs by at most about n * 2^-24 * magnitude, so
+ * rtol = 1e-5 of the magnitude leaves room for sums of ~100 terms.
+ */
 export interface Reconstruction {
   value: Float64Array;
-  /** The same sum over absolute values: bounds the float32 rounding error. */
   magnitude: Float64Array;
 }
 
@@ -137,18 +152,4 @@ export function gemm(
     }
   }
   return { value, magnitude };
-}
-
-/**
- * Largest violation of |got - ref| <= rtol * magnitude + atol, where magnitude is
- * the sum of |terms|: float32 accumulation of n terms errs by at most about
- * n * 2^-24 * magnitude, so rtol = 1e-5 leaves room for sums of ~100 terms.
- */
-export function worstViolation(got: ArrayLike<number>, ref: Reconstruction, rtol = 1e-5, atol = 1e-6): number {
-  let worst = 0;
-  for (let i = 0; i < ref.value.length; i++) {
-    const excess = Math.abs(got[i] - ref.value[i]) - (rtol * ref.magnitude[i] + atol);
-    worst = Math.max(worst, excess);
-  }
-  return worst;
 }
