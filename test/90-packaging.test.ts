@@ -8,17 +8,25 @@
  * told what to install when the tools are missing, and a real CPU-only cmake-js
  * build when they are there.
  *
+ * The tarball is made here, the way a release makes it: the files `npm pack`
+ * takes from this repository (prepack rebuilds dist/), plus a prebuilt binary
+ * that `npm run prebuildify` builds now from these sources into a temporary
+ * folder, with CUDA when the local build has it. So the test needs nothing
+ * beyond the setup, checks what it packs, and never uses a stale binary from
+ * prebuilds/ (one lying there is left out, and left alone).
+ *
  * Offline: the fresh project gets a lockfile made from ours, so `npm ci
  * --offline` takes every dependency from the npm cache that our own `npm ci`
- * filled. Needs `npm run prebuildify` first (CI runs it before `npm test`).
+ * filled.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+import { backendInfo } from '../lib';
+
 const repo = path.resolve(__dirname, '..');
-const prebuildFolder = path.join(repo, 'prebuilds', `${process.platform}-${process.arch}`);
 const maxBinaryBytes = 40 * 1024 * 1024;
 const toolNames = ['cmake', 'cc', 'c++', 'gcc', 'g++', 'clang', 'clang++', 'make', 'ninja', 'nvcc'];
 // Build tools (and their versioned or target-prefixed names) left off the test PATH.
@@ -39,6 +47,15 @@ interface Run {
  */
 function userEnv(overrides: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^(npm_|TERA_|INIT_CWD$)/i.test(key)));
+  return { ...env, ...overrides };
+}
+
+/**
+ * The developer's side (building the release binary): ours without the npm_*
+ * variables, keeping TERA_* (TERA_WERROR, TERA_CUDA) and CUDAARCHS.
+ */
+function developerEnv(overrides: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^(npm_|INIT_CWD$)/i.test(key)));
   return { ...env, ...overrides };
 }
 
@@ -96,6 +113,35 @@ interface PackResult {
   integrity: string;
   size: number;
   files: { path: string; size: number }[];
+}
+
+/** The JSON `npm pack --json` prints after any lifecycle script output. */
+function packJson(stdout: string): PackResult {
+  return (JSON.parse(stdout.slice(stdout.indexOf('[\n'))) as PackResult[])[0];
+}
+
+/**
+ * The release tarball, made in `work`: the files npm packs from this
+ * repository are staged in `work`/package (prebuilds/ left out), `npm run
+ * prebuildify` builds the binary into that folder (CPU-only when the local
+ * build has no CUDA, as the local build was made where there is no nvcc), and
+ * the stage is packed. Returns the pack result and the tarball's path.
+ */
+function packRelease(work: string): { pack: PackResult; tarball: string } {
+  // --dry-run still runs prepack, which rebuilds dist/ from lib/.
+  const listed = packJson(mustRun('npm', ['pack', '--dry-run', '--json'], repo).stdout);
+  const stage = path.join(work, 'package');
+  for (const { path: file } of listed.files) {
+    if (file.startsWith('prebuilds/')) continue;
+    fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true });
+    fs.copyFileSync(path.join(repo, file), path.join(stage, file));
+  }
+  const cpuOnly = backendInfo().cuda.built ? {} : { TERA_CUDA: '0' };
+  mustRun('npm', ['run', 'prebuildify'], repo, developerEnv({ ...cpuOnly, TERA_PREBUILD_DIR: stage }));
+  // The stage has no sources to rebuild dist/ from: what was staged is packed as it is.
+  const args = ['pack', '--json', '--ignore-scripts', '--pack-destination', work];
+  const pack = packJson(mustRun('npm', args, stage, developerEnv()).stdout);
+  return { pack, tarball: path.join(work, pack.filename) };
 }
 
 /**
@@ -247,21 +293,16 @@ describe('the npm package', () => {
   let installOutput: string;
 
   beforeAll(() => {
-    const prebuilds = fs.existsSync(prebuildFolder) ? fs.readdirSync(prebuildFolder) : [];
-    if (!prebuilds.some((name) => name.endsWith('.node'))) {
-      throw new Error(`no prebuilt binary in ${prebuildFolder}: run \`npm run prebuildify\` before this test`);
-    }
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'tera-packaging-'));
-    // npm pack runs prepack, which rebuilds dist/ from lib/.
-    const packed = mustRun('npm', ['pack', '--json', '--pack-destination', work], repo).stdout;
-    pack = (JSON.parse(packed.slice(packed.indexOf('[\n'))) as PackResult[])[0];
+    const release = packRelease(work);
+    pack = release.pack;
     app = path.join(work, 'app');
-    writeProject(app, pack, path.join(work, pack.filename));
+    writeProject(app, pack, release.tarball);
     const bin = pathWithoutBuildTools(path.join(work, 'bin'));
     noToolsEnv = userEnv({ PATH: bin });
     const install = ['ci', '--offline', '--foreground-scripts', '--no-audit', '--no-fund'];
     installOutput = mustRun('npm', install, app, noToolsEnv).output;
-  }, 300_000);
+  }, 600_000);
 
   afterAll(() => {
     if (work) fs.rmSync(work, { recursive: true, force: true });
