@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { type BarRow, renderBarChart } from './charts';
 import type { Environment } from './environment';
 import type { KernelResult } from './kernels';
-import type { CheckResult, LayerResult, Method } from './layers';
+import type { CheckResult } from './golden';
+import type { LayerResult, Method } from './layers';
 import type { Summary } from './measure';
 import type { MemoryResult } from './memory';
 import type { ProfileResult } from './profile';
@@ -275,9 +276,10 @@ function memorySection(memory: MemoryResult[]): string {
 
 function checkSection(checks: CheckResult[]): string {
   return table(
-    ['method', 'quantity', 'max abs error', 'max abs value', 'tolerance', 'pass'],
+    ['method', 'case', 'quantity', 'max abs error', 'max abs value', 'tolerance', 'pass'],
     checks.map((c) => [
       METHOD_NAMES[c.method],
+      c.case,
       c.quantity,
       c.maxAbsError.toExponential(2),
       c.maxAbsReference.toExponential(2),

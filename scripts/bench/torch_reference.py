@@ -1,19 +1,24 @@
-"""PyTorch reference for the tera-peft benchmarks.
+"""PyTorch reference for the tera-peft benchmarks and golden files.
 
-The three adapters written from docs (tera-math.md) the way a PyTorch user
-would: TeRA's update as a chain of tensordots merged into the frozen weight,
-VeRA and LoRA as in Hugging Face PEFT (a low-rank branch next to the frozen
-linear layer). Autograd computes every gradient.
+The three adapters written from docs/math.md the way a PyTorch user would:
+TeRA's update as a chain of tensordots merged into the frozen weight, VeRA and
+LoRA as in Hugging Face PEFT (a low-rank branch next to the frozen linear
+layer). Autograd computes every gradient. Tensors are named as in PEFT's
+adapter files (tera_core, tera_factor_1, tera_lambda_1, vera_A, vera_lambda_b,
+lora_A.weight).
 
-The Node suite (scripts/bench/run.ts) drives this file as a worker: one JSON
-request per line on stdin, one JSON reply per line on stdout, so that its runs
-interleave with ours. Each timing reply carries the time measured here,
-without the round trip.
+The Node side drives this file as a worker: one JSON request per line on
+stdin, one JSON reply per line on stdout. The benchmarks (scripts/bench/run.ts)
+interleave its timed runs with ours; each timing reply carries the time
+measured here, without the round trip. The "golden" request runs one training
+step on inputs made by our code and writes the golden file that
+scripts/bench/golden.ts describes (npm run goldens).
 """
 
 import ctypes
 import json
 import os
+import struct
 import sys
 import time
 
@@ -37,7 +42,7 @@ class Frozen:
     def __init__(self, weight, bias):
         self.weight = weight
         self.bias = bias
-        self.trainable = []
+        self.trainable = {}
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -53,8 +58,9 @@ class TeRA(Frozen):
 
     def forward(self, x):
         d_out, d_in = self.weight.shape
-        update = tera_update(self.core, self.factors, self.trainable,
-                             self.alpha, d_out, d_in)
+        update = tera_update(self.core, self.factors,
+                             list(self.trainable.values()), self.alpha,
+                             d_out, d_in)
         return F.linear(x, self.weight + update, self.bias)
 
 
@@ -63,10 +69,11 @@ class VeRA(Frozen):
         super().__init__(weight, bias)
         self.a = a
         self.b = b
-        self.trainable = [lambda_d, lambda_b]
+        self.trainable = {"vera_lambda_b": lambda_b, "vera_lambda_d": lambda_d}
 
     def forward(self, x):
-        lambda_d, lambda_b = self.trainable
+        lambda_d = self.trainable["vera_lambda_d"]
+        lambda_b = self.trainable["vera_lambda_b"]
         update = F.linear(lambda_d * F.linear(x, self.a), self.b)
         return super().forward(x) + lambda_b * update
 
@@ -74,22 +81,23 @@ class VeRA(Frozen):
 class LoRA(Frozen):
     def __init__(self, weight, bias, a, b, scaling):
         super().__init__(weight, bias)
-        self.trainable = [a, b]
+        self.trainable = {"lora_A.weight": a, "lora_B.weight": b}
         self.scaling = scaling
 
     def forward(self, x):
-        a, b = self.trainable
+        a = self.trainable["lora_A.weight"]
+        b = self.trainable["lora_B.weight"]
         return super().forward(x) + F.linear(F.linear(x, a), b) * self.scaling
 
 
 def step(layer, x, dy):
     """One step's forward and backward: y, dx and the adapter gradients."""
-    for p in layer.trainable:
+    for p in layer.trainable.values():
         p.grad = None
     x = x.detach().requires_grad_()
     y = layer.forward(x)
     y.backward(dy)
-    return [y.detach(), x.grad] + [p.grad for p in layer.trainable]
+    return [y.detach(), x.grad] + [p.grad for p in layer.trainable.values()]
 
 
 def trainable(t):
@@ -97,23 +105,26 @@ def trainable(t):
 
 
 def make_layer(method, tensors, spec):
-    """A layer from named tensors: those of the Node side, or random ones."""
+    """A layer from tensors named as in PEFT's files, with the update's scale
+    from spec (TeRA: alpha; LoRA: scaling = alpha / r)."""
     weight, bias = tensors["weight"], tensors["bias"]
     if method == "frozen":
         return Frozen(weight, bias)
     if method == "tera":
-        order = len(spec["modes"])
-        factors = [tensors[f"factor{n}"] for n in range(order)]
-        scales = [trainable(tensors[f"scale{n}"]) for n in range(order)]
-        return TeRA(weight, bias, tensors["core"], factors, scales,
+        order = sum(name.startswith("tera_factor_") for name in tensors)
+        modes = range(1, order + 1)
+        factors = [tensors[f"tera_factor_{n}"] for n in modes]
+        scales = {f"tera_lambda_{n}": trainable(tensors[f"tera_lambda_{n}"])
+                  for n in modes}
+        return TeRA(weight, bias, tensors["tera_core"], factors, scales,
                     spec["alpha"])
     if method == "vera":
-        return VeRA(weight, bias, tensors["a"], tensors["b"],
-                    trainable(tensors["lambda_d"]),
-                    trainable(tensors["lambda_b"]))
+        return VeRA(weight, bias, tensors["vera_A"], tensors["vera_B"],
+                    trainable(tensors["vera_lambda_d"]),
+                    trainable(tensors["vera_lambda_b"]))
     if method == "lora":
-        return LoRA(weight, bias, trainable(tensors["a"]),
-                    trainable(tensors["b"]), spec["alpha"] / spec["rank"])
+        return LoRA(weight, bias, trainable(tensors["lora_A.weight"]),
+                    trainable(tensors["lora_B.weight"]), spec["scaling"])
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -131,17 +142,82 @@ def random_tensors(method, spec, generator, device):
         "bias": normal(d_out, std=0.1),
     }
     if method == "tera":
-        tensors["core"] = normal(*spec["ranks"], std=d_in ** -0.5)
-        for n, (mode, rank) in enumerate(zip(spec["modes"], spec["ranks"])):
-            tensors[f"factor{n}"] = normal(mode, rank, std=rank ** -0.5)
-            tensors[f"scale{n}"] = 1 + normal(rank, std=0.1)
+        tensors["tera_core"] = normal(*spec["ranks"], std=d_in ** -0.5)
+        for n, (mode, rank) in enumerate(zip(spec["modes"], spec["ranks"]), 1):
+            tensors[f"tera_factor_{n}"] = normal(mode, rank, std=rank ** -0.5)
+            tensors[f"tera_lambda_{n}"] = 1 + normal(rank, std=0.1)
     elif method in ("vera", "lora"):
         rank = spec["rank"]
-        tensors["a"] = normal(rank, d_in, std=d_in ** -0.5)
-        tensors["b"] = normal(d_out, rank, std=rank ** -0.5)
-        tensors["lambda_d"] = normal(rank, std=0.1)
-        tensors["lambda_b"] = normal(d_out, std=0.1)
+        a = normal(rank, d_in, std=d_in ** -0.5)
+        b = normal(d_out, rank, std=rank ** -0.5)
+        if method == "vera":
+            tensors.update(vera_A=a, vera_B=b,
+                           vera_lambda_d=normal(rank, std=0.1),
+                           vera_lambda_b=normal(d_out, std=0.1))
+        else:
+            tensors.update({"lora_A.weight": a, "lora_B.weight": b})
     return tensors
+
+
+def read_safetensors(path):
+    """(tensors, metadata) of a safetensors file of float32 tensors."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    metadata = header.pop("__metadata__", {})
+    tensors = {}
+    for name, entry in header.items():
+        if entry["dtype"] != "F32":
+            raise ValueError(f"{path}: {name} is {entry['dtype']}, not F32")
+        begin, end = (8 + length + offset for offset in entry["data_offsets"])
+        values = torch.frombuffer(bytearray(data[begin:end]),
+                                  dtype=torch.float32)
+        tensors[name] = values.reshape(entry["shape"])
+    return tensors, metadata
+
+
+def write_safetensors(path, tensors, metadata):
+    """float32 tensors in name order, the header padded to 8 bytes."""
+    header = {"__metadata__": metadata}
+    chunks = []
+    offset = 0
+    for name in sorted(tensors):
+        value = tensors[name].detach().to(torch.float32).contiguous()
+        raw = value.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(value.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def training_step(case, tensors):
+    """One step on a golden file's inputs: the loss (mean cross-entropy
+    against the case's labels), y, dx, every trainable tensor's gradient, and
+    the trainable tensors after one AdamW step."""
+    named = {name.split(".", 1)[1]: value for name, value in tensors.items()}
+    layer = make_layer(case["method"], named, case.get("torch", {}))
+    x = named["x"].clone().requires_grad_()
+    y = layer.forward(x)
+    loss = F.cross_entropy(y, torch.tensor(case["labels"]))
+    loss.backward()
+    out = {"output.loss": loss.detach().reshape(1), "output.y": y.detach(),
+           "output.dx": x.grad}
+    for name, p in layer.trainable.items():
+        out[f"grad.{name}"] = p.grad.clone()
+    if layer.trainable:
+        settings = case["optimizer"]
+        torch.optim.AdamW(list(layer.trainable.values()),
+                          lr=settings["lr"], betas=tuple(settings["betas"]),
+                          eps=settings["eps"],
+                          weight_decay=settings["weightDecay"]).step()
+        for name, p in layer.trainable.items():
+            out[f"step.{name}"] = p.detach().clone()
+    return out
 
 
 def blas_libraries():
@@ -160,7 +236,7 @@ def synchronize(device):
 
 
 class Worker:
-    OPS = ("info", "threads", "setup", "time", "drop", "check")
+    OPS = ("info", "threads", "setup", "time", "drop", "golden")
 
     def __init__(self):
         self.cases = {}
@@ -244,24 +320,14 @@ class Worker:
         self.cases.pop(request["key"], None)
         return {}
 
-    def check(self, request):
-        """One step on the tensors the Node side wrote; writes back y, dx
-        and the gradients next to them."""
-        folder = request["dir"]
-        with open(os.path.join(folder, "manifest.json")) as f:
-            manifest = json.load(f)
-        tensors = {}
-        for name, shape in manifest["inputs"].items():
-            with open(os.path.join(folder, name + ".f32"), "rb") as f:
-                data = bytearray(f.read())
-            values = torch.frombuffer(data, dtype=torch.float32)
-            tensors[name] = values.reshape(shape)
-        layer = make_layer(manifest["method"], tensors, manifest["spec"])
-        outputs = step(layer, tensors["x"], tensors["dy"])
-        for name, value in zip(manifest["outputs"], outputs):
-            with open(os.path.join(folder, name + ".torch.f32"), "wb") as f:
-                f.write(value.contiguous().numpy().tobytes())
-        return {"written": manifest["outputs"]}
+    def golden(self, request):
+        """Reads our inputs, runs the step, writes inputs and results."""
+        tensors, metadata = read_safetensors(request["input"])
+        outputs = training_step(json.loads(metadata["case"]), tensors)
+        metadata["made_by"] = (f"torch {torch.__version__}, python "
+                               f"{sys.version.split()[0]}, torch_reference.py")
+        write_safetensors(request["output"], {**tensors, **outputs}, metadata)
+        return {"written": request["output"]}
 
 
 def serve():
