@@ -23,7 +23,7 @@ function randomise(params: tera.nn.Parameter[]): void {
 }
 
 /**
- * W0 + dW of an adapted layer, in float64, from the definitions (tera-math.md),
+ * W0 + dW of an adapted layer, in float64, from the definitions (docs/math.md),
  * reading parameter values through `value` so finite differences can perturb them.
  */
 function effectiveWeight64(

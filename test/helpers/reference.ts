@@ -1,6 +1,6 @@
 /**
  * Independent float64 references for the kernels, written as plain loops over
- * the definitions in tera-math.md (no blocking, no reuse of library code).
+ * the definitions in docs/math.md (no blocking, no reuse of library code).
  */
 
 /** Small deterministic PRNG (mulberry32) so failures reproduce. */

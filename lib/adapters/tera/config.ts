@@ -1,5 +1,5 @@
 /**
- * TeRA's config and its tensorisation rule (docs: shared/docs/tera-math.md).
+ * TeRA's config and its tensorisation rule (docs/math.md).
  * dW = alpha * reshape(G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), [out, in])
  * over the modes (o_1..o_P, i_1..i_Q) of d_out = o_1 ... o_P and d_in = i_1 ... i_Q.
  */

@@ -4,7 +4,7 @@
  * layer (of any adapter) with that signature holds the same tensors, counted
  * by reference, and the last layer to go frees them.
  *
- * Generation (tera-math.md): element k of each tensor is Philox4x32-10 of
+ * Generation (docs/math.md): element k of each tensor is Philox4x32-10 of
  * counter k under key `seed`, on stream FNV-1a-64("tera/<signature>/<id>")
  * with id "G" or "A<n>" (n from 1): G ~ N(0, 1/d_in), A_n ~ N(0, 1/R_n).
  */
