@@ -64,12 +64,12 @@ interface OptimizerSettings {
 /** A config's options; every case adapts the one Linear, '0'. */
 type Options<T> = Omit<T, 'targetModules'>;
 
-/** The adapter of a case with the numbers PyTorch needs to build the same update. */
+/** The adapter of a case; alpha and r are explicit where PyTorch needs them. */
 type AdapterSpec =
   | { method: 'frozen' }
-  | { method: 'tera'; options: Options<TeraConfigOptions> & { alpha: number }; torch: { alpha: number } }
-  | { method: 'vera'; options: Options<VeraConfigOptions>; torch: Record<string, never> }
-  | { method: 'lora'; options: Options<LoraConfigOptions> & { r: number; alpha: number }; torch: { scaling: number } };
+  | { method: 'tera'; options: Options<TeraConfigOptions> & { alpha: number } }
+  | { method: 'vera'; options: Options<VeraConfigOptions> }
+  | { method: 'lora'; options: Options<LoraConfigOptions> & { r: number; alpha: number } };
 
 export type GoldenCase = AdapterSpec & {
   name: string;
@@ -103,23 +103,15 @@ export const GOLDEN_CASES: GoldenCase[] = [
     name: 'tera',
     method: 'tera',
     options: { maxModeSize: 4, alpha: 1, seed: 3, saveFactors: true },
-    torch: { alpha: 1 },
   },
   {
     ...shared,
     name: 'tera-ranks',
     method: 'tera',
     options: { outModes: [3, 4], inModes: [4, 4], ranks: [2, 3, 3, 2], alpha: 0.5, seed: 4, saveFactors: true },
-    torch: { alpha: 0.5 },
   },
-  { ...shared, name: 'vera', method: 'vera', options: { r: 4, seed: 5, saveProjection: true }, torch: {} },
-  {
-    ...shared,
-    name: 'lora',
-    method: 'lora',
-    options: { r: 4, alpha: 8, seed: 6 },
-    torch: { scaling: 8 / 4 },
-  },
+  { ...shared, name: 'vera', method: 'vera', options: { r: 4, seed: 5, saveProjection: true } },
+  { ...shared, name: 'lora', method: 'lora', options: { r: 4, alpha: 8, seed: 6 } },
 ];
 
 /** One quantity of one golden case against PyTorch's (a frozen input against its golden copy). */
@@ -310,9 +302,16 @@ export function readGolden(file: string): Golden {
   return { file, caseJson: metadata.case, madeBy: metadata.made_by, inputs, expected };
 }
 
-/** The case as a golden file records it. */
+/** The update's scale as PyTorch (and PEFT) define it: TeRA's alpha, LoRA's alpha / r. */
+function torchScale(c: GoldenCase): Record<string, number> {
+  if (c.method === 'tera') return { alpha: c.options.alpha };
+  if (c.method === 'lora') return { scaling: c.options.alpha / c.options.r };
+  return {};
+}
+
+/** The case as a golden file records it, with what torch_reference.py reads ("torch"). */
 export function caseJson(c: GoldenCase): string {
-  return JSON.stringify(c);
+  return JSON.stringify({ ...c, torch: torchScale(c) });
 }
 
 /** Makes a case's golden file with PyTorch: our inputs go in, PyTorch's step comes out. */
