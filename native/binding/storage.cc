@@ -72,6 +72,8 @@ Storage::~Storage() {
 
 void Storage::Finalize(Napi::Env env) { freeMemory(env); }
 
+// Runs from finalizers too, possibly while the environment is torn down: it
+// must not throw, so the N-API status is deliberately not turned into an Error.
 void Storage::freeMemory(Napi::Env env) {
   if (!data_) return;
   {
@@ -79,7 +81,8 @@ void Storage::freeMemory(Napi::Env env) {
     backend_->release(data_);
   }
   data_ = nullptr;
-  Napi::MemoryManagement::AdjustExternalMemory(env, -length_ * int64_t(sizeof(float)));
+  int64_t adjusted = 0;
+  napi_adjust_external_memory(env, -length_ * int64_t(sizeof(float)), &adjusted);
 }
 
 void Storage::release(Napi::Env env) {
