@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <napi.h>
 
+#include <cmath>
+
 #include "binding/errors.h"
 #include "binding/kernels.h"
 #include "binding/storage.h"
@@ -19,9 +21,10 @@ Napi::Value setNumThreads(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     if (info.Length() < 1 || !info[0].IsNumber()) throw Error("setNumThreads(n) takes a number");
     const double n = info[0].As<Napi::Number>().DoubleValue();
-    if (n != double(int(n)) || n < 0 || n > 1024) {
+    if (!(n >= 0 && n <= cpu::kMaxThreads) || n != std::floor(n)) {
       throw Error("setNumThreads: " + info[0].ToString().Utf8Value() +
-                  " is not an integer in [0, 1024] (0 restores the default)");
+                  " is not an integer in [0, " + std::to_string(cpu::kMaxThreads) +
+                  "] (0 restores the default)");
     }
     std::lock_guard<std::mutex> lock(executionLock(cpuBackend()));
     cpu::setNumThreads(int(n));
@@ -30,7 +33,8 @@ Napi::Value setNumThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value getNumThreads(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), cpu::numThreads());
+  return guard(info.Env(),
+               [&]() -> Napi::Value { return Napi::Number::New(info.Env(), cpu::numThreads()); });
 }
 
 Napi::Value philox4x32(const Napi::CallbackInfo& info) {
@@ -56,8 +60,7 @@ Napi::Value philox4x32(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value backendInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+Napi::Object describeBackends(Napi::Env env) {
   Napi::Object cpu = Napi::Object::New(env);
   cpu.Set("threads", cpu::numThreads());
   cpu.Set("defaultThreads", cpu::defaultNumThreads());
@@ -86,6 +89,10 @@ Napi::Value backendInfo(const Napi::CallbackInfo& info) {
   result.Set("cuda", cuda);
   result.Set("napiVersion", NAPI_VERSION);
   return result;
+}
+
+Napi::Value backendInfo(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value { return describeBackends(info.Env()); });
 }
 
 }  // namespace
