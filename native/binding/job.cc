@@ -91,12 +91,18 @@ float* JobBuilder::use(Storage* s, int64_t expectedLength, const std::string& wh
   return s->data();
 }
 
-void JobBuilder::distinct(Storage* out, const std::vector<Storage*>& inputs) const {
+void JobBuilder::distinct(Storage* out, const std::vector<Storage*>& inputs,
+                          const std::string& outName) const {
   for (Storage* in : inputs) {
-    if (in == out) {
-      throw Error(std::string(kernel_) + ": the output tensor must not also be an input");
+    if (out && in == out) {
+      throw Error(std::string(kernel_) + ": " + outName + " must not also be an input");
     }
   }
+}
+
+int64_t JobBuilder::product(std::initializer_list<int64_t> sizes, const std::string& what) const {
+  return checkedProduct(sizes.begin(), int(sizes.size()),
+                        (std::string(kernel_) + ": " + what).c_str());
 }
 
 Job JobBuilder::finish(std::function<double()> work) {

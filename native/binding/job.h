@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -62,7 +63,11 @@ class JobBuilder {
   // The storage's data; nullptr for a null storage. expectedLength < 0 accepts any length.
   float* use(Storage* s, int64_t expectedLength, const std::string& what);
   // Refuses an output that shares memory with one of `inputs` (null entries are skipped).
-  void distinct(Storage* out, const std::vector<Storage*>& inputs) const;
+  void distinct(Storage* out, const std::vector<Storage*>& inputs,
+                const std::string& outName = "the output tensor") const;
+  // The product of user-given sizes (rows * cols, ...), refused past 2^48 elements
+  // before it could wrap around and pass a length check.
+  int64_t product(std::initializer_list<int64_t> sizes, const std::string& what) const;
   Job finish(std::function<double()> work);
 
  private:

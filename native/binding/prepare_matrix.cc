@@ -18,9 +18,9 @@ Job prepareGemm(const Napi::CallbackInfo& info) {
   Storage* c = args.storage(9);
   JobBuilder job("gemm");
   job.distinct(c, {a, b});
-  const float* pa = job.use(a, m * k, "a");
-  const float* pb = job.use(b, k * n, "b");
-  float* pc = job.use(c, m * n, "c");
+  const float* pa = job.use(a, job.product({m, k}, "a [m, k]"), "a");
+  const float* pb = job.use(b, job.product({k, n}, "b [k, n]"), "b");
+  float* pc = job.use(c, job.product({m, n}, "c [m, n]"), "c");
   Backend* backend = &a->backend();
   return job.finish([=] {
     backend->gemm(transA, transB, m, n, k, alpha, pa, pb, beta, pc);
@@ -35,8 +35,9 @@ Job prepareScaleMatrix(const Napi::CallbackInfo& info) {
   const bool perColumn = args.boolean(5);
   JobBuilder job("scaleMatrix");
   job.distinct(out, {v});
-  float* po = job.use(out, rows * cols, "output");
-  const float* px = job.use(x, rows * cols, "x");
+  const int64_t size = job.product({rows, cols}, "matrix [rows, cols]");
+  float* po = job.use(out, size, "output");
+  const float* px = job.use(x, size, "x");
   const float* pv = job.use(v, perColumn ? cols : rows, "scale vector");
   Backend* backend = &out->backend();
   return job.finish([=] {
@@ -51,7 +52,7 @@ Job prepareAddRowVector(const Napi::CallbackInfo& info) {
   const int64_t rows = args.integer(2, 1), cols = args.integer(3, 1);
   JobBuilder job("addRowVector");
   job.distinct(x, {v});
-  float* px = job.use(x, rows * cols, "x");
+  float* px = job.use(x, job.product({rows, cols}, "x [rows, cols]"), "x");
   const float* pv = job.use(v, cols, "row vector");
   Backend* backend = &x->backend();
   return job.finish([=] {
@@ -69,7 +70,7 @@ Job prepareSumAxis(const Napi::CallbackInfo& info) {
   JobBuilder job("sumAxis");
   job.distinct(out, {x});
   float* po = job.use(out, overColumns ? rows : cols, "output");
-  const float* px = job.use(x, rows * cols, "x");
+  const float* px = job.use(x, job.product({rows, cols}, "x [rows, cols]"), "x");
   Backend* backend = &out->backend();
   return job.finish([=] {
     backend->sumAxis(po, px, rows, cols, overColumns, beta);
@@ -85,9 +86,10 @@ Job prepareSoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   const float scale = float(args.number(5));
   JobBuilder job("softmaxCrossEntropy");
   if (grad) job.distinct(grad, {logits, labels});
-  const float* pl = job.use(logits, rows * classes, "logits");
+  const int64_t size = job.product({rows, classes}, "logits [rows, classes]");
+  const float* pl = job.use(logits, size, "logits");
   const float* plab = job.use(labels, rows, "labels");
-  float* pg = job.use(grad, rows * classes, "grad");
+  float* pg = job.use(grad, size, "grad");
   Backend* backend = &logits->backend();
   return job.finish(
       [=] { return backend->softmaxCrossEntropy(pl, plab, rows, classes, pg, scale); });
@@ -100,7 +102,7 @@ Job prepareArgmaxRows(const Napi::CallbackInfo& info) {
   JobBuilder job("argmaxRows");
   job.distinct(out, {x});
   float* po = job.use(out, rows, "output");
-  const float* px = job.use(x, rows * cols, "x");
+  const float* px = job.use(x, job.product({rows, cols}, "x [rows, cols]"), "x");
   Backend* backend = &out->backend();
   return job.finish([=] {
     backend->argmaxRows(po, px, rows, cols);

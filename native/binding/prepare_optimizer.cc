@@ -13,7 +13,10 @@ Job prepareAdamwStep(const Napi::CallbackInfo& info) {
   AdamWSettings s{float(args.number(4)), float(args.number(5)), float(args.number(6)),
                   float(args.number(7)), float(args.number(8)), args.integer(9, 1)};
   JobBuilder job("adamwStep");
+  // Each of param, m and v is written, from grad: all four must be distinct.
   job.distinct(param, {grad, m, v});
+  job.distinct(m, {grad, v}, "the first moment");
+  job.distinct(v, {grad}, "the second moment");
   float* pp = job.use(param, -1, "param");
   const int64_t count = param->length();
   const float* pg = job.use(grad, count, "grad");
@@ -33,6 +36,7 @@ Job prepareSgdStep(const Napi::CallbackInfo& info) {
                 args.boolean(6)};
   JobBuilder job("sgdStep");
   job.distinct(param, {grad, momentum});
+  job.distinct(momentum, {grad}, "the momentum buffer");
   float* pp = job.use(param, -1, "param");
   const int64_t count = param->length();
   const float* pg = job.use(grad, count, "grad");

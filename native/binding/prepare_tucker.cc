@@ -32,7 +32,8 @@ Job prepareModeProduct(const Napi::CallbackInfo& info) {
   JobBuilder job("modeProduct");
   job.distinct(y, {x, matrix, scale});
   const float* px = job.use(x, inSize, "x");
-  const float* pm = job.use(matrix, rows * shape[size_t(mode)], "matrix");
+  const float* pm =
+      job.use(matrix, job.product({rows, shape[size_t(mode)]}, "matrix [rows, K]"), "matrix");
   const float* ps = job.use(scale, shape[size_t(mode)], "scale");
   float* py = job.use(y, outSize, "output");
   Backend* backend = &x->backend();
@@ -67,8 +68,8 @@ TuckerOperands useTucker(JobBuilder& job, const Arguments& args, const char* ker
   job.use(core, t.shape.coreSize(), "core");
   for (int n = 0; n < N; ++n) {
     const std::string index = "[" + std::to_string(n) + "]";
-    t.factors.push_back(
-        job.use(factors[size_t(n)], t.shape.modes[n] * t.shape.ranks[n], "factors" + index));
+    const int64_t factorSize = job.product({t.shape.modes[n], t.shape.ranks[n]}, "factors" + index);
+    t.factors.push_back(job.use(factors[size_t(n)], factorSize, "factors" + index));
     Storage* s = n < int(scales.size()) ? scales[size_t(n)] : nullptr;
     t.scales.push_back(job.use(s, t.shape.ranks[n], "scales" + index));
   }
@@ -106,19 +107,24 @@ Job prepareTuckerScaleGrad(const Napi::CallbackInfo& info) {
   const std::vector<Storage*> grads = args.storages(6, false);
   const bool overwriteGradX = args.boolean(7);
   JobBuilder job("tuckerScaleGrad");
+  std::vector<Storage*> operands = factors;
+  operands.push_back(core);
+  operands.insert(operands.end(), scales.begin(), scales.end());
+  // Overwritten, gradX is the projection's workspace: if it were also the core, a
+  // factor or a scale vector, the kernel would read its own scratch (Z * Z, not Z * G).
+  if (overwriteGradX) job.distinct(gradX, operands, "gradX, overwritten as workspace,");
   TuckerOperands t = useTucker(job, args, "tuckerScaleGrad", 2, core, factors, scales);
   job.use(gradX, t.shape.fullSize(), "gradX");
   if (int(grads.size()) != t.shape.order) {
     throw Error("tuckerScaleGrad: " + std::to_string(grads.size()) +
                 " gradient outputs for order " + std::to_string(t.shape.order));
   }
-  std::vector<Storage*> inputs = factors;
-  inputs.push_back(core);
+  std::vector<Storage*> inputs = operands;
   inputs.push_back(gradX);
-  inputs.insert(inputs.end(), scales.begin(), scales.end());
   std::vector<float*> outs;
   for (int n = 0; n < t.shape.order; ++n) {
     job.distinct(grads[size_t(n)], inputs);
+    inputs.push_back(grads[size_t(n)]);  // each gradient output has its own memory
     outs.push_back(job.use(grads[size_t(n)], t.shape.ranks[n], "grads[" + std::to_string(n) + "]"));
   }
   const float* pcore = core->data();
