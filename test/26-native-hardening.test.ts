@@ -7,6 +7,7 @@
 import { spawnSync } from 'node:child_process';
 
 import type { NativeStorage } from '../binding';
+import { autograd, tensor } from '../lib';
 import { addon, native } from '../lib/native/loader';
 
 const b = native();
@@ -124,5 +125,74 @@ describe('outputs that would alias what the kernel reads are refused', () => {
     );
     expect(Array.from(param.read())).toEqual([1, 1, 1, 1]);
     expect(Array.from(grad.read())).toEqual([0.5, 0.5, 0.5, 0.5]);
+  });
+});
+
+describe('NaN propagates through activations and reductions, as in PyTorch', () => {
+  const values = Float32Array.of(NaN, -1, 0, 2, -0, Infinity, -Infinity, 0.5);
+  const input = () => {
+    const s = storage(values.length);
+    s.write(values);
+    return s;
+  };
+
+  it('ReLU maps NaN to NaN, and its backward passes dy through at NaN (threshold_backward)', () => {
+    const y = storage(values.length);
+    b.activationForward('relu', y, input());
+    expect(Array.from(y.read())).toEqual([NaN, 0, 0, 2, 0, Infinity, 0, 0.5]);
+    const dx = storage(values.length);
+    b.activationBackward('relu', dx, input(), storage(values.length, 3), 0);
+    expect(Array.from(dx.read())).toEqual([3, 0, 0, 3, 0, 3, 0, 3]);
+  });
+
+  it.each(['gelu', 'tanh'] as const)(
+    '%s maps NaN to NaN forward and backward, and finite values to finite ones',
+    (kind) => {
+      const x = storage(4);
+      x.write(Float32Array.of(NaN, -1, 0, 2));
+      const y = storage(4);
+      b.activationForward(kind, y, x);
+      const dx = storage(4);
+      b.activationBackward(kind, dx, x, storage(4, 1), 0);
+      expect(Array.from(y.read(), Number.isNaN)).toEqual([true, false, false, false]);
+      expect(Array.from(dx.read(), Number.isNaN)).toEqual([true, false, false, false]);
+    },
+  );
+
+  it('argmaxRows counts NaN as the largest value wherever it sits (the first NaN wins, as torch.argmax)', () => {
+    const rows = [
+      [1, NaN, 3, 2],
+      [NaN, 5, NaN, 9],
+      [2, 7, 7, -1],
+      [-Infinity, -Infinity, -Infinity, -Infinity],
+      [1, 2, 3, NaN],
+      [4, 4, 4, 4],
+    ];
+    const x = storage(24);
+    x.write(Float32Array.from(rows.flat()));
+    const out = storage(rows.length);
+    b.argmaxRows(out, x, rows.length, 4);
+    expect(Array.from(out.read())).toEqual([1, 0, 1, 0, 3, 0]);
+  });
+
+  it('sums, dot products, column sums and the cross-entropy of a row holding NaN are NaN', () => {
+    const x = storage(6);
+    x.write(Float32Array.of(1, 2, NaN, 4, 5, 6));
+    expect(b.sum(x)).toBeNaN();
+    expect(b.dot(x, storage(6, 1))).toBeNaN();
+    const columns = storage(3);
+    b.sumAxis(columns, x, 2, 3, false, 0);
+    expect(Array.from(columns.read())).toEqual([5, 7, NaN]);
+    // NaN, not undefined: the binding used NaN as its own "no result" marker.
+    expect(b.softmaxCrossEntropy(x, storage(2), 2, 3, null, 1)).toBeNaN();
+  });
+});
+
+describe('NaN through autograd', () => {
+  it('a ReLU layer fed NaN reports a NaN loss, not a finite one', () => {
+    const x = tensor(Float32Array.of(NaN, 1, -2, 3), [2, 2]);
+    const w = tensor(Float32Array.of(1, 0, 0, 1), [2, 2]);
+    const loss = autograd.sum(autograd.relu(autograd.linear(x, w)));
+    expect(loss.data.item()).toBeNaN();
   });
 });

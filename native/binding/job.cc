@@ -105,7 +105,7 @@ int64_t JobBuilder::product(std::initializer_list<int64_t> sizes, const std::str
                         (std::string(kernel_) + ": " + what).c_str());
 }
 
-Job JobBuilder::finish(std::function<double()> work) {
+Job JobBuilder::finish(std::function<Result()> work) {
   job_.work = std::move(work);
   return std::move(job_);
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,15 +19,18 @@
 namespace tera {
 namespace binding {
 
+// What a kernel returns to JavaScript: a number (NaN included, e.g. the sum of a
+// tensor holding NaN) or nothing (undefined).
+using Result = std::optional<double>;
+constexpr std::nullopt_t kNoResult = std::nullopt;
+
 // A validated kernel call: the storages it touches (retained while it runs
-// asynchronously) and the work, which returns a number or kNoResult.
+// asynchronously) and the work.
 struct Job {
   Backend* backend = nullptr;
   std::vector<Storage*> storages;
-  std::function<double()> work;
+  std::function<Result()> work;
 };
-
-constexpr double kNoResult = __builtin_nan("");
 
 // Reads argument i of a kernel call, throwing an Error that names the kernel
 // and the argument when it has the wrong type or range.
@@ -68,7 +72,7 @@ class JobBuilder {
   // The product of user-given sizes (rows * cols, ...), refused past 2^48 elements
   // before it could wrap around and pass a length check.
   int64_t product(std::initializer_list<int64_t> sizes, const std::string& what) const;
-  Job finish(std::function<double()> work);
+  Job finish(std::function<Result()> work);
 
  private:
   const char* kernel_;

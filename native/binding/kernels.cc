@@ -11,8 +11,8 @@ namespace tera {
 namespace binding {
 namespace {
 
-Napi::Value resultValue(Napi::Env env, double result) {
-  return result != result ? env.Undefined() : Napi::Number::New(env, result);
+Napi::Value resultValue(Napi::Env env, const Result& result) {
+  return result ? Napi::Number::New(env, *result) : env.Undefined();
 }
 
 class JobWorker : public Napi::AsyncWorker {
@@ -55,7 +55,7 @@ class JobWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Job job_;
   std::vector<Napi::ObjectReference> holders_;  // keep the storages from being collected
-  double result_ = kNoResult;
+  Result result_;
 };
 
 void registerKernel(Napi::Env env, Napi::Object exports, const KernelEntry& entry) {
@@ -63,7 +63,7 @@ void registerKernel(Napi::Env env, Napi::Object exports, const KernelEntry& entr
   exports.Set(entry.name, Napi::Function::New(env, [prepare](const Napi::CallbackInfo& info) {
                 return guard(info.Env(), [&]() -> Napi::Value {
                   Job job = prepare(info);
-                  double result;
+                  Result result;
                   {
                     std::lock_guard<std::mutex> lock(executionLock(*job.backend));
                     result = job.work();
