@@ -23,8 +23,8 @@ export interface NativeStorage {
 }
 
 export interface NativeStorageConstructor {
-  /** Zero-filled storage of `length` floats. */
-  new (length: number, device: NativeDevice): NativeStorage;
+  /** Storage of `length` floats, zero-filled unless `uninitialized` (for outputs a kernel overwrites entirely). */
+  new (length: number, device: NativeDevice, uninitialized?: boolean): NativeStorage;
 }
 
 export interface NativeCpuInfo {

@@ -37,7 +37,8 @@ describe('products of user-given sizes cannot wrap past the length checks', () =
     ['softmaxCrossEntropy', `b.softmaxCrossEntropy(S(${WRAPPED}), S(${ROWS}), ${ROWS}, ${COLS}, null, 1)`],
     ['scaleMatrix', `b.scaleMatrix(S(${WRAPPED}), S(${WRAPPED}), S(${ROWS}), ${ROWS}, ${COLS}, false)`],
     ['addRowVector', `b.addRowVector(S(${WRAPPED}), S(${ROWS}), ${COLS}, ${ROWS})`],
-    ['gemm', `b.gemm(false, false, 2 ** 32, 2 ** 32, 2 ** 32, 1, S(0), S(0), 0, S(0))`],
+    // gemm's sizes are at most 2^31 - 1 (BLAS), so its products cannot wrap, but still exceed 2^48.
+    ['gemm', `b.gemm(false, false, 2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1, 1, S(0), S(0), 0, S(0))`],
   ];
 
   it.each(calls)('%s refuses them with a clear error', (_kernel, call) => {

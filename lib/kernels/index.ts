@@ -7,6 +7,9 @@ import { native } from '../native/loader';
 import { Tensor, formatShape, zeros } from '../tensor/tensor';
 
 const MAX_ORDER = 8;
+const MAX_ELEMENTS = 2 ** 48;
+/** BLAS (OpenBLAS, cuBLAS) takes its sizes as 32-bit ints. */
+const BLAS_INDEX_LIMIT = 2 ** 31 - 1;
 
 function live(t: unknown, what: string): Tensor {
   if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${t === null ? 'null' : typeof t}`);
@@ -81,6 +84,13 @@ function tuckerParts(
     }
     scaleList.push(s);
   });
+  // The kernels' intermediates mix modes and ranks; the native side refuses the same bound.
+  const widest = modes.reduce((p, m, n) => p * Math.max(m, ranks[n]), 1);
+  if (widest > MAX_ELEMENTS) {
+    throw new Error(
+      `${kernel}: modes ${formatShape(modes)} with ranks ${formatShape(ranks)} need an intermediate of more than 2^48 elements`,
+    );
+  }
   sameDevice(kernel, [
     [core, 'core'],
     ...factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
@@ -263,6 +273,14 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
   const [kb, n] = transB ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]];
   if (ka !== kb) {
     throw new Error(`gemm: inner dimensions differ: op(a) is [${m}, ${ka}] and op(b) is [${kb}, ${n}]`);
+  }
+  for (const [name, size] of [
+    ['m', m],
+    ['n', n],
+    ['k', ka],
+  ] as const) {
+    if (size > BLAS_INDEX_LIMIT)
+      throw new Error(`gemm: ${name} = ${size} exceeds the BLAS 32-bit index limit (2^31 - 1)`);
   }
   let c = options.c;
   const beta = options.beta ?? (c ? 1 : 0);

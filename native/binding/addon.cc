@@ -99,9 +99,21 @@ Napi::Value backendInfo(const Napi::CallbackInfo& info) {
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
-  data->storageConstructor = new Napi::FunctionReference(Napi::Persistent(Storage::define(env)));
   env.SetInstanceData<AddonData>(data);
-  exports.Set("Storage", data->storageConstructor->Value());
+  data->storageConstructor = Napi::Persistent(Storage::define(env));
+  Napi::Object global = env.Global();
+  Napi::Object hostBuffers = global.Get("WeakMap").As<Napi::Function>().New({});
+  data->weakMapSet = Napi::Persistent(hostBuffers.Get("set").As<Napi::Function>());
+  data->hostBuffers = Napi::Persistent(hostBuffers);
+  data->arrayBuffer = Napi::Persistent(global.Get("ArrayBuffer").As<Napi::Function>());
+  Napi::Value buffer = global.Get("Buffer");
+  if (buffer.IsObject()) {
+    Napi::Value allocUnsafeSlow = buffer.As<Napi::Object>().Get("allocUnsafeSlow");
+    if (allocUnsafeSlow.IsFunction()) {
+      data->allocUnsafeSlow = Napi::Persistent(allocUnsafeSlow.As<Napi::Function>());
+    }
+  }
+  exports.Set("Storage", data->storageConstructor.Value());
   registerKernels(env, exports);
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreads));
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreads));

@@ -1,6 +1,9 @@
 // Preparers of the elementwise kernels (fills, axpby, products, activations)
 // and the full reductions (sum, dot). Elementwise outputs may be their own
 // inputs: each element is read before it is written.
+#include <cmath>
+#include <limits>
+
 #include "binding/job.h"
 #include "core/errors.h"
 
@@ -23,14 +26,25 @@ Job prepareRandomFill(const Napi::CallbackInfo& info) {
     throw Error("randomFill: distribution must be 'uniform' or 'normal', got '" + kind + "'");
   }
   const uint64_t seed = args.bigUint(2), stream = args.bigUint(3);
-  const float a = float(args.number(4)), b = float(args.number(5));
+  const double a = args.number(4), b = args.number(5);
+  // Parameters that would not give the distribution asked for (as float32).
+  const double limit = std::numeric_limits<float>::max();
+  if (!(std::fabs(a) <= limit && std::fabs(b) <= limit)) {
+    throw Error("randomFill: parameters must be finite float32 numbers");
+  }
+  if (kind == "normal" && b < 0) {
+    throw Error("randomFill: the standard deviation must be >= 0, got " + std::to_string(b));
+  }
+  if (kind == "uniform" && !(a <= b && b - a <= limit)) {
+    throw Error("randomFill: uniform needs low <= high with high - low finite in float32");
+  }
   JobBuilder job("randomFill");
   float* pout = job.use(out, -1, "output");
   const int64_t count = out->length();
   Backend* backend = &out->backend();
   const Distribution distribution = kind == "normal" ? Distribution::Normal : Distribution::Uniform;
   return job.finish([=] {
-    backend->randomFill(pout, count, distribution, seed, stream, a, b);
+    backend->randomFill(pout, count, distribution, seed, stream, float(a), float(b));
     return kNoResult;
   });
 }

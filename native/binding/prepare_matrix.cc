@@ -1,6 +1,9 @@
 // Preparers of the matrix kernels: GEMM, per-row / per-column scaling and
 // sums, and the row-wise softmax cross-entropy and argmax. All matrices are
 // row-major [rows, cols].
+#include <limits>
+#include <utility>
+
 #include "binding/job.h"
 #include "core/errors.h"
 
@@ -16,6 +19,13 @@ Job prepareGemm(const Napi::CallbackInfo& info) {
   Storage *a = args.storage(6), *b = args.storage(7);
   const float beta = float(args.number(8));
   Storage* c = args.storage(9);
+  // BLAS (OpenBLAS, cuBLAS) takes sizes as 32-bit ints, on either backend.
+  for (const auto& [name, size] : {std::pair<const char*, int64_t>{"m", m}, {"n", n}, {"k", k}}) {
+    if (size > std::numeric_limits<int32_t>::max()) {
+      throw Error(std::string("gemm: ") + name + " = " + std::to_string(size) +
+                  " exceeds the BLAS 32-bit index limit (2^31 - 1)");
+    }
+  }
   JobBuilder job("gemm");
   job.distinct(c, {a, b});
   const float* pa = job.use(a, job.product({m, k}, "a [m, k]"), "a");
