@@ -5,7 +5,7 @@
  */
 import { native } from './native/loader';
 import type { DeviceRequest } from './tensor/device';
-import { Tensor, zeros } from './tensor/tensor';
+import { Tensor, uninitialized } from './tensor/tensor';
 
 export interface RandomOptions {
   /** The Philox key: an unsigned 64-bit integer. */
@@ -61,7 +61,7 @@ function filled(
   const seed = uint64(options.seed, 'seed');
   const key = uint64(options.key, 'key');
   checkParameters(kind, a, b);
-  const out = zeros(shape, { device: options.device });
+  const out = uninitialized(shape, { device: options.device });
   native().randomFill(out.storage, kind, seed, key, a, b);
   return out;
 }

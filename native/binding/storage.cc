@@ -1,5 +1,9 @@
 #include "binding/storage.h"
 
+#include <sys/mman.h>
+
+#include <cstdint>
+
 #include "binding/errors.h"
 #include "core/errors.h"
 
@@ -29,6 +33,24 @@ napi_value uninitializedBuffer(Napi::Env env, size_t bytes) {
   Napi::ArrayBuffer buffer = array.ArrayBuffer();
   if (array.ByteOffset() != 0 || buffer.ByteLength() != bytes) return nullptr;
   return buffer;
+}
+
+// Large buffers are mostly first touched by the kernel that fills them, one
+// page fault per 4 KiB page (16384 for a 64 MiB result, about as long as
+// the kernel itself); with transparent huge pages in "madvise" mode, as
+// distributions ship it, asking for 2 MiB pages makes those faults 512 times
+// fewer. Only whole 2 MiB pages inside the buffer are advised.
+void adviseHugePages(void* data, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  if (bytes < 2 * kHugePage) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 }  // namespace
@@ -115,6 +137,7 @@ void Storage::allocateHost(Napi::Env env, bool zeroFill) {
   addon->weakMapSet.Call(addon->hostBuffers.Value(), {Value(), buffer});
   NAPI_THROW_IF_FAILED_VOID(env, napi_create_reference(env, buffer, 0, &hostBuffer_));
   data_ = reinterpret_cast<float*>(start);
+  adviseHugePages(raw, byteLength);
 }
 
 void Storage::Finalize(Napi::Env env) {
