@@ -31,7 +31,8 @@ describe('products of user-given sizes cannot wrap past the length checks', () =
 
   // Each call runs in a child process: before the fix, some read out of bounds and crashed.
   const calls: [string, string][] = [
-    ['argmaxRows', `b.argmaxRows(S(${ROWS}), S(${WRAPPED}), ${ROWS}, ${COLS})`],
+    // argmaxRows takes at most 2^24 columns (float32 indices), so its product cannot wrap; past 2^48 it is refused.
+    ['argmaxRows', `b.argmaxRows(S(2 ** 25), S(${WRAPPED}), 2 ** 25, 2 ** 24)`],
     ['sumAxis over columns', `b.sumAxis(S(${ROWS}), S(${WRAPPED}), ${ROWS}, ${COLS}, true, 0)`],
     ['sumAxis down rows', `b.sumAxis(S(${ROWS}), S(${WRAPPED}), ${COLS}, ${ROWS}, false, 0)`],
     ['softmaxCrossEntropy', `b.softmaxCrossEntropy(S(${WRAPPED}), S(${ROWS}), ${ROWS}, ${COLS}, null, 1)`],

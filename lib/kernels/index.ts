@@ -423,3 +423,23 @@ export async function gemmAsync(a: Tensor, b: Tensor, options: GemmOptions = {})
   await native().gemmAsync(...args);
   return c;
 }
+
+/** Float32 holds every integer up to 2^24 exactly, and argmax returns indices as float32. */
+const MAX_EXACT_INDEX = 2 ** 24;
+
+/**
+ * The index of the largest value in each row of a matrix [rows, cols], as a tensor [rows] of
+ * float32 indices (into options.out if given). NaN counts as the largest value and ties go to the
+ * first index, as torch.argmax(x, 1).
+ */
+export function argmax(x: Tensor, options: OutOptions = {}): Tensor {
+  live(x, 'argmax: x');
+  if (x.rank !== 2) throw new Error(`argmax: x has shape ${formatShape(x.shape)} but must be a matrix [rows, cols]`);
+  const [rows, cols] = x.shape;
+  if (cols > MAX_EXACT_INDEX) {
+    throw new Error(`argmax: rows of ${cols} values have indices past 2^24, which float32 cannot hold exactly`);
+  }
+  const out = resultTensor('argmax', options.out, [rows], x.device, [[x, 'x']]);
+  native().argmaxRows(out.storage, x.storage, rows, cols);
+  return out;
+}

@@ -42,6 +42,10 @@ export function setDefaultDevice(request: DeviceRequest | undefined): void {
   defaultRequest = request === undefined ? undefined : parseRequest(request, 'setDefaultDevice');
 }
 
+/**
+ * The device a tensor goes to when a call names none: setDefaultDevice()'s choice, else
+ * TERA_DEVICE, else 'auto' (the GPU when this binary has CUDA and a usable device, else the CPU).
+ */
 export function defaultDevice(): Device {
   return resolveDevice();
 }

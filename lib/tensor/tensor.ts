@@ -184,8 +184,3 @@ export function full(shape: readonly number[], value: number, options: TensorOpt
 export function ones(shape: readonly number[], options: TensorOptions = {}): Tensor {
   return full(shape, 1, options);
 }
-
-/** A zero tensor with the shape and device of `like`. */
-export function zerosLike(like: Tensor): Tensor {
-  return zeros(like.shape, { device: like.device });
-}

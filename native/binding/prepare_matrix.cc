@@ -109,6 +109,10 @@ Job prepareArgmaxRows(const Napi::CallbackInfo& info) {
   Arguments args(info, "argmaxRows");
   Storage *out = args.storage(0), *x = args.storage(1);
   const int64_t rows = args.integer(2, 1), cols = args.integer(3, 1);
+  if (cols > (int64_t(1) << 24)) {
+    throw Error("argmaxRows: rows of " + std::to_string(cols) +
+                " values have indices past 2^24, which float32 cannot hold exactly");
+  }
   JobBuilder job("argmaxRows");
   job.distinct(out, {x});
   float* po = job.use(out, rows, "output");
