@@ -3,6 +3,7 @@
  * on (seed, key, k), so results are identical on CPU and GPU and for any thread
  * count, and a frozen tensor can be regenerated from its seed instead of stored.
  */
+import type { DistributionName } from '../binding';
 import { native } from './native/loader';
 import type { DeviceRequest } from './tensor/device';
 import { Tensor, uninitialized } from './tensor/tensor';
@@ -35,7 +36,7 @@ function float32Finite(value: unknown): value is number {
 }
 
 /** Refuses parameters that would not give the distribution asked for (checked before allocating). */
-function checkParameters(kind: 'normal' | 'uniform', a: number, b: number): void {
+function checkParameters(kind: DistributionName, a: number, b: number): void {
   if (kind === 'normal') {
     if (!float32Finite(a)) throw new Error(`random.normal: mean must be a finite float32 number, got ${String(a)}`);
     if (!float32Finite(b) || b < 0) {
@@ -53,7 +54,7 @@ function checkParameters(kind: 'normal' | 'uniform', a: number, b: number): void
 function filled(
   shape: readonly number[],
   options: RandomOptions,
-  kind: 'normal' | 'uniform',
+  kind: DistributionName,
   a: number,
   b: number,
 ): Tensor {

@@ -2,9 +2,10 @@
  * Device selection. 'auto' means the GPU when this binary has CUDA and a usable
  * device, else the CPU. TERA_DEVICE sets the default for calls that name none.
  */
+import type { NativeDevice } from '../../binding';
 import { native } from '../native/loader';
 
-export type Device = 'cpu' | 'cuda';
+export type Device = NativeDevice;
 export type DeviceRequest = Device | 'auto';
 
 const DEVICES: readonly string[] = ['cpu', 'cuda', 'auto'];
