@@ -1,164 +1,204 @@
 /**
  * The typed surface of the native addon (build/Release/tera.node or a prebuild).
  * lib/ wraps it; users normally call the TypeScript API instead. All matrices are
- * row-major float32; every kernel validates its arguments and throws an Error that
- * names the problem instead of crashing.
+ * row-major float32; every kernel validates its arguments (storage lengths, devices,
+ * aliasing, sizes) and throws an Error that names the problem instead of crashing.
+ * Kernels run one at a time per device; the *Async twins take the same arguments,
+ * run on a libuv worker thread and keep their storages alive until they settle.
+ * test/03-binding-declaration.test.ts checks that this file and the addon's exports
+ * name the same members.
  */
 
 export type NativeDevice = 'cpu' | 'cuda';
 export type ActivationName = 'relu' | 'gelu' | 'tanh';
+export type DistributionName = 'uniform' | 'normal';
 
 /** A reference-counted block of float32 memory on one device. */
 export interface NativeStorage {
+  /** The device the memory lives on. */
   readonly device: NativeDevice;
+  /** Number of float32 elements. */
   readonly length: number;
+  /** True once the last reference was released (the memory is then freed). */
   readonly disposed: boolean;
+  /** References held: 1 at creation, plus one per retain() and per running async kernel. */
   readonly refCount: number;
+  /** Adds a reference (a view sharing this memory); throws if disposed. */
   retain(): void;
   /** Drops one reference; the memory is freed when none are left. */
   release(): void;
+  /** A copy of the contents. */
   read(): Float32Array;
+  /** Overwrites the contents; `data` must have exactly `length` elements. */
   write(data: Float32Array): void;
+  /** Overwrites the contents with those of a storage of the same length on the same device. */
   copyFrom(source: NativeStorage): void;
 }
 
 export interface NativeStorageConstructor {
-  /** Zero-filled storage of `length` floats. */
-  new (length: number, device: NativeDevice): NativeStorage;
+  /**
+   * Storage of `length` floats (an integer in [0, 2^48]) on `device`, zero-filled unless
+   * `uninitialized` (for outputs a kernel overwrites entirely). CPU memory is a V8 ArrayBuffer,
+   * so V8 counts it and frees it when the storage is collected; throws when memory runs out.
+   */
+  new (length: number, device: NativeDevice, uninitialized?: boolean): NativeStorage;
 }
 
 export interface NativeCpuInfo {
+  /** Threads the CPU kernels and OpenBLAS use now. */
   threads: number;
+  /** Threads they use by default: TERA_NUM_THREADS, else the number of cores. */
   defaultThreads: number;
+  /** OpenBLAS's build configuration string. */
   blas: string;
+  /** The OpenBLAS kernel chosen for this CPU. */
   blasCore: string;
+  /** 'avx2+fma' when the vector Tucker kernels run, else 'scalar'. */
   simd: string;
 }
 
 export interface NativeCudaInfo {
+  /** Whether this binary was compiled with the CUDA backend. */
   built: boolean;
+  /** Whether a device, a recent enough driver and cuBLAS were found. */
   available: boolean;
+  /** Why CUDA is not available. */
   reason?: string;
+  /** The CUDA architectures compiled in (when built). */
   archs?: string;
+  /** The device's name (when available). */
   device?: string;
+  /** Its compute capability, e.g. 8.6. */
   computeCapability?: number;
+  /** Its memory in bytes. */
   totalMemory?: number;
+  /** The cuBLAS library file that was loaded. */
   cublas?: string;
+  /** The driver's CUDA version, as cudaDriverGetVersion reports it (e.g. 12040). */
   driverVersion?: number;
+  /** The CUDA runtime version the binary was built against. */
   runtimeVersion?: number;
 }
 
 export interface NativeBackendInfo {
+  /** The CPU backend (always present). */
   cpu: NativeCpuInfo;
+  /** The CUDA backend: whether it is built and usable, and why not. */
   cuda: NativeCudaInfo;
+  /** The Node-API version the addon was built for. */
   napiVersion: number;
 }
 
 type S = NativeStorage;
 
+/** gemm: C = alpha op(A) op(B) + beta C, op(A) is m x k, op(B) is k x n; m, n, k at most 2^31 - 1; c shares no memory with a or b. */
+export type GemmArgs = [
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: S,
+  b: S,
+  beta: number,
+  c: S,
+];
+
+/** modeProduct: y = x x_mode (matrix diag(scale)); matrix is [rows, shape[mode]], y has shape[mode] replaced by rows. */
+export type ModeProductArgs = [
+  x: S,
+  shape: readonly number[],
+  mode: number,
+  matrix: S,
+  rows: number,
+  scale: S | null,
+  y: S,
+];
+
+/** tuckerReconstruct: out = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)); out shares no memory with an input. */
+export type TuckerReconstructArgs = [
+  core: S,
+  modes: readonly number[],
+  ranks: readonly number[],
+  factors: readonly S[],
+  scales: readonly (S | null)[],
+  alpha: number,
+  out: S,
+];
+
+/**
+ * tuckerScaleGrad: grads[n] = d<gradX, X(l)>/dl_n. overwriteGradX lets the kernel use gradX as
+ * workspace; gradX must then share no memory with the core, a factor or a scale vector.
+ */
+export type TuckerScaleGradArgs = [
+  gradX: S,
+  core: S,
+  modes: readonly number[],
+  ranks: readonly number[],
+  factors: readonly S[],
+  scales: readonly (S | null)[],
+  grads: readonly S[],
+  overwriteGradX: boolean,
+];
+
 export interface NativeBinding {
+  /** The storage class every tensor lives in. */
   Storage: NativeStorageConstructor;
 
-  /** C = alpha op(A) op(B) + beta C; op(A) is m x k, op(B) k x n. */
-  gemm(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: S,
-    b: S,
-    beta: number,
-    c: S,
-  ): void;
-  gemmAsync(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: S,
-    b: S,
-    beta: number,
-    c: S,
-  ): Promise<void>;
-  /** y = x x_mode (matrix diag(scale)), matrix is [rows, shape[mode]]. */
-  modeProduct(x: S, shape: readonly number[], mode: number, matrix: S, rows: number, scale: S | null, y: S): void;
-  modeProductAsync(
-    x: S,
-    shape: readonly number[],
-    mode: number,
-    matrix: S,
-    rows: number,
-    scale: S | null,
-    y: S,
-  ): Promise<void>;
-  /** out = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)). */
-  tuckerReconstruct(
-    core: S,
-    modes: readonly number[],
-    ranks: readonly number[],
-    factors: readonly S[],
-    scales: readonly (S | null)[],
-    alpha: number,
-    out: S,
-  ): void;
-  tuckerReconstructAsync(
-    core: S,
-    modes: readonly number[],
-    ranks: readonly number[],
-    factors: readonly S[],
-    scales: readonly (S | null)[],
-    alpha: number,
-    out: S,
-  ): Promise<void>;
-  /** grads[n] = d<gradX, X(l)>/dl_n. overwriteGradX lets the kernel use gradX as workspace. */
-  tuckerScaleGrad(
-    gradX: S,
-    core: S,
-    modes: readonly number[],
-    ranks: readonly number[],
-    factors: readonly S[],
-    scales: readonly (S | null)[],
-    grads: readonly S[],
-    overwriteGradX: boolean,
-  ): void;
-  tuckerScaleGradAsync(
-    gradX: S,
-    core: S,
-    modes: readonly number[],
-    ranks: readonly number[],
-    factors: readonly S[],
-    scales: readonly (S | null)[],
-    grads: readonly S[],
-    overwriteGradX: boolean,
-  ): Promise<void>;
+  /** C = alpha op(A) op(B) + beta C (see GemmArgs). */
+  gemm(...args: GemmArgs): void;
+  /** gemm on a worker thread. */
+  gemmAsync(...args: GemmArgs): Promise<void>;
+  /** y = x x_mode (matrix diag(scale)) (see ModeProductArgs). */
+  modeProduct(...args: ModeProductArgs): void;
+  /** modeProduct on a worker thread. */
+  modeProductAsync(...args: ModeProductArgs): Promise<void>;
+  /** The scaled Tucker reconstruction (see TuckerReconstructArgs). */
+  tuckerReconstruct(...args: TuckerReconstructArgs): void;
+  /** tuckerReconstruct on a worker thread. */
+  tuckerReconstructAsync(...args: TuckerReconstructArgs): Promise<void>;
+  /** The scaling vectors' gradients (see TuckerScaleGradArgs). */
+  tuckerScaleGrad(...args: TuckerScaleGradArgs): void;
+  /** tuckerScaleGrad on a worker thread. */
+  tuckerScaleGradAsync(...args: TuckerScaleGradArgs): Promise<void>;
 
-  /** Philox4x32-10 fill: element k uses counter (k, stream) and key seed. normal: (mean a, std b); uniform: [a, b). */
-  randomFill(out: S, distribution: 'uniform' | 'normal', seed: bigint, stream: bigint, a: number, b: number): void;
-  /** One raw Philox4x32-10 block, for known-answer tests. */
+  /**
+   * Philox4x32-10 fill: element k uses counter (k, stream) and key seed. normal: mean a, std b >= 0;
+   * uniform: [a, b) with a <= b. Parameters must be finite in float32.
+   */
+  randomFill(out: S, distribution: DistributionName, seed: bigint, stream: bigint, a: number, b: number): void;
+  /** One raw Philox4x32-10 block (four uint32 counter words, two key words), for known-answer tests. */
   philox4x32(counter: readonly number[], key: readonly number[]): number[];
 
+  /** out[i] = value */
   fill(out: S, value: number): void;
-  /** y = a x + b y */
+  /** y = a x + b y (b = 0 ignores y's previous contents, NaN included) */
   axpby(y: S, x: S, a: number, b: number): void;
+  /** out = x * y elementwise; out may be x or y. */
   multiply(out: S, x: S, y: S): void;
-  /** out[i,j] = x[i,j] v[j] (perColumn) or x[i,j] v[i]. */
+  /** out[i,j] = x[i,j] v[j] (perColumn) or x[i,j] v[i]; out may be x, not v. */
   scaleMatrix(out: S, x: S, v: S, rows: number, cols: number, perColumn: boolean): void;
   /** x[i,j] += v[j] */
   addRowVector(x: S, v: S, rows: number, cols: number): void;
   /** overColumns: out[i] = beta out[i] + sum_j x[i,j]; else out[j] = beta out[j] + sum_i x[i,j]. */
   sumAxis(out: S, x: S, rows: number, cols: number, overColumns: boolean, beta: number): void;
+  /** y = f(x) elementwise; ReLU and the others propagate NaN, as PyTorch. */
   activationForward(kind: ActivationName, y: S, x: S): void;
-  /** dx = beta dx + dy f'(x) */
+  /** dx = beta dx + dy f'(x); dx may be dy. */
   activationBackward(kind: ActivationName, dx: S, x: S, dy: S, beta: number): void;
+  /** The sum of all elements, accumulated in double (NaN if any element is NaN). */
   sum(x: S): number;
+  /** The dot product of two storages of one length, accumulated in double. */
   dot(x: S, y: S): number;
-  /** Mean cross-entropy; grad (optional) = scale (softmax - onehot) / rows. */
+  /**
+   * The mean cross-entropy of row-wise softmax(logits) [rows, classes] against class indices
+   * `labels` [rows] (integers stored as floats); grad (optional) = scale (softmax - onehot) / rows.
+   */
   softmaxCrossEntropy(logits: S, labels: S, rows: number, classes: number, grad: S | null, scale: number): number;
+  /** out[i] = the first index of row i's maximum (NaN counts as largest), as a float; cols <= 2^24. */
   argmaxRows(out: S, x: S, rows: number, cols: number): void;
+  /** One AdamW step (PyTorch's: decoupled weight decay, bias correction for the 1-based step). */
   adamwStep(
     param: S,
     grad: S,
@@ -171,17 +211,21 @@ export interface NativeBinding {
     weightDecay: number,
     step: number,
   ): void;
+  /** One SGD step (PyTorch's: momentum buffer, optional Nesterov); momentum may be null without momentum. */
   sgdStep(
     param: S,
     grad: S,
-    momentum: S | null,
+    momentumBuffer: S | null,
     lr: number,
-    momentum_: number,
+    momentum: number,
     weightDecay: number,
     nesterov: boolean,
   ): void;
 
+  /** Threads for the CPU kernels and OpenBLAS, an integer in [1, 1024]; 0 restores the default. Throws, keeping the previous count, if a thread cannot be started. */
   setNumThreads(n: number): void;
+  /** The CPU thread count in use. */
   getNumThreads(): number;
+  /** What this binary is built with and which backends it can use. */
   backendInfo(): NativeBackendInfo;
 }

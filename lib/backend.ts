@@ -15,8 +15,18 @@ export function backendInfo(): BackendInfo {
   return { ...native().backendInfo(), addon: path, addonSource: source };
 }
 
-/** Threads for our CPU kernels and OpenBLAS alike; 0 restores the default (TERA_NUM_THREADS, else all cores). */
+/** Most CPU threads setNumThreads and TERA_NUM_THREADS accept. */
+const MAX_THREADS = 1024;
+
+/**
+ * Threads for our CPU kernels and OpenBLAS alike, an integer in [1, MAX_THREADS]; 0 restores the
+ * default (TERA_NUM_THREADS, else all cores). If a thread cannot be started this throws and the
+ * previous count stays in effect.
+ */
 export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_THREADS) {
+    throw new Error(`setNumThreads: ${String(n)} is not an integer in [0, ${MAX_THREADS}] (0 restores the default)`);
+  }
   native().setNumThreads(n);
 }
 

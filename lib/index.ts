@@ -1,7 +1,7 @@
 /**
  * tera-peft: TeRA parameter-efficient fine-tuning for Node.js.
  */
-export { Tensor, tensor, zeros, ones, full, zerosLike } from './tensor/tensor';
+export { Tensor, tensor, zeros, ones, full } from './tensor/tensor';
 export type { TensorOptions } from './tensor/tensor';
 export { resolveDevice, setDefaultDevice, defaultDevice, cudaAvailable } from './tensor/device';
 export type { Device, DeviceRequest } from './tensor/device';

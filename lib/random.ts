@@ -3,9 +3,10 @@
  * on (seed, key, k), so results are identical on CPU and GPU and for any thread
  * count, and a frozen tensor can be regenerated from its seed instead of stored.
  */
+import type { DistributionName } from '../binding';
 import { native } from './native/loader';
 import type { DeviceRequest } from './tensor/device';
-import { Tensor, zeros } from './tensor/tensor';
+import { Tensor, uninitialized } from './tensor/tensor';
 
 export interface RandomOptions {
   /** The Philox key: an unsigned 64-bit integer. */
@@ -27,18 +28,41 @@ function uint64(value: number | bigint | undefined, what: string): bigint {
   return BigInt(v);
 }
 
+/** Largest finite float32: the fills compute in float32, so parameters beyond it would be infinite. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
+function float32Finite(value: unknown): value is number {
+  return typeof value === 'number' && Math.abs(value) <= FLOAT32_MAX;
+}
+
+/** Refuses parameters that would not give the distribution asked for (checked before allocating). */
+function checkParameters(kind: DistributionName, a: number, b: number): void {
+  if (kind === 'normal') {
+    if (!float32Finite(a)) throw new Error(`random.normal: mean must be a finite float32 number, got ${String(a)}`);
+    if (!float32Finite(b) || b < 0) {
+      throw new Error(`random.normal: std must be a finite float32 number >= 0, got ${String(b)}`);
+    }
+    return;
+  }
+  if (!float32Finite(a) || !float32Finite(b)) {
+    throw new Error(`random.uniform: low and high must be finite float32 numbers, got ${String(a)} and ${String(b)}`);
+  }
+  if (a > b) throw new Error(`random.uniform: low (${a}) must not exceed high (${b})`);
+  if (!(b - a <= FLOAT32_MAX)) throw new Error(`random.uniform: high - low (${b - a}) overflows float32`);
+}
+
 function filled(
   shape: readonly number[],
   options: RandomOptions,
-  kind: 'normal' | 'uniform',
+  kind: DistributionName,
   a: number,
   b: number,
 ): Tensor {
   if (options === null || typeof options !== 'object') throw new Error('random: options with a seed are required');
   const seed = uint64(options.seed, 'seed');
   const key = uint64(options.key, 'key');
-  if (!Number.isFinite(a) || !Number.isFinite(b)) throw new Error(`random.${kind}: parameters must be finite numbers`);
-  const out = zeros(shape, { device: options.device });
+  checkParameters(kind, a, b);
+  const out = uninitialized(shape, { device: options.device });
   native().randomFill(out.storage, kind, seed, key, a, b);
   return out;
 }
@@ -53,12 +77,12 @@ export interface UniformOptions extends RandomOptions {
   high?: number;
 }
 
-/** Normal(mean, std^2) by Box-Muller from each element's Philox block. */
+/** Normal(mean, std^2) by Box-Muller from each element's Philox block; std >= 0. */
 export function normal(shape: readonly number[], options: NormalOptions): Tensor {
   return filled(shape, options, 'normal', options?.mean ?? 0, options?.std ?? 1);
 }
 
-/** Uniform on [low, high). */
+/** Uniform on [low, high), low <= high (low == high gives low everywhere). */
 export function uniform(shape: readonly number[], options: UniformOptions): Tensor {
   return filled(shape, options, 'uniform', options?.low ?? 0, options?.high ?? 1);
 }

@@ -1,12 +1,20 @@
 /**
  * The low-level kernel API: each call checks its arguments here (shapes, devices,
- * disposed tensors) with messages that name the mistake, allocates the result and
+ * disposed tensors) with messages that name the mistake, then writes the result
+ * into the caller's `out` tensor (as torch's `out=`) or into a fresh one, and
  * runs the native kernel. The *Async variants run off the main thread.
+ *
+ * Ownership: a fresh result belongs to the caller (dispose() it); an `out`
+ * tensor stays the caller's and is returned as given.
  */
 import { native } from '../native/loader';
-import { Tensor, formatShape, zeros } from '../tensor/tensor';
+import type { Device } from '../tensor/device';
+import { Tensor, formatShape, uninitialized } from '../tensor/tensor';
 
 const MAX_ORDER = 8;
+const MAX_ELEMENTS = 2 ** 48;
+/** BLAS (OpenBLAS, cuBLAS) takes its sizes as 32-bit ints. */
+const BLAS_INDEX_LIMIT = 2 ** 31 - 1;
 
 function live(t: unknown, what: string): Tensor {
   if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${t === null ? 'null' : typeof t}`);
@@ -24,6 +32,45 @@ function sameDevice(kernel: string, tensors: [Tensor | null | undefined, string]
       );
     }
   }
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** Where a kernel writes its result instead of a fresh tensor (as torch's `out=`). */
+export interface OutOptions {
+  /**
+   * Overwritten entirely and returned. It must have the result's shape and device, and share
+   * no memory with an input (the kernels read inputs after writing parts of the output).
+   */
+  out?: Tensor;
+}
+
+/**
+ * The caller's `out` once checked, or a fresh tensor for the result. The kernels given here
+ * write every element, so a fresh result is not zero-filled first. Runs after every other
+ * check, so a refused call allocates nothing.
+ */
+function resultTensor(
+  kernel: string,
+  out: Tensor | undefined,
+  shape: readonly number[],
+  device: Device,
+  inputs: [Tensor | null | undefined, string][],
+  what = 'out',
+): Tensor {
+  if (out === undefined) return uninitialized(shape, { device });
+  live(out, `${kernel}: ${what}`);
+  if (!sameShape(out.shape, shape)) {
+    throw new Error(`${kernel}: ${what} has shape ${formatShape(out.shape)} but the result is ${formatShape(shape)}`);
+  }
+  if (out.device !== device) throw new Error(`${kernel}: ${what} is on ${out.device} but the inputs are on ${device}`);
+  for (const [input, name] of inputs) {
+    if (input && input.storage === out.storage)
+      throw new Error(`${kernel}: ${what} must not share memory with ${name}`);
+  }
+  return out;
 }
 
 function checkMode(mode: number, order: number, kernel: string): void {
@@ -81,6 +128,13 @@ function tuckerParts(
     }
     scaleList.push(s);
   });
+  // The kernels' intermediates mix modes and ranks; the native side refuses the same bound.
+  const widest = modes.reduce((p, m, n) => p * Math.max(m, ranks[n]), 1);
+  if (widest > MAX_ELEMENTS) {
+    throw new Error(
+      `${kernel}: modes ${formatShape(modes)} with ranks ${formatShape(ranks)} need an intermediate of more than 2^48 elements`,
+    );
+  }
   sameDevice(kernel, [
     [core, 'core'],
     ...factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
@@ -89,7 +143,7 @@ function tuckerParts(
   return { modes, ranks, factors: [...factors], scales: scaleList };
 }
 
-export interface ReconstructOptions {
+export interface ReconstructOptions extends OutOptions {
   /** Multiplies the result (default 1). */
   alpha?: number;
 }
@@ -104,7 +158,11 @@ function prepareReconstruct(
   const alpha = options.alpha ?? 1;
   if (!Number.isFinite(alpha))
     throw new Error(`tuckerReconstruct: alpha must be a finite number, got ${String(alpha)}`);
-  const out = zeros(parts.modes, { device: core.device });
+  const out = resultTensor('tuckerReconstruct', options.out, parts.modes, core.device, [
+    [core, 'core'],
+    ...parts.factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
+    ...parts.scales.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+  ]);
   const args = [
     core.storage,
     parts.modes,
@@ -117,7 +175,7 @@ function prepareReconstruct(
   return { out, args };
 }
 
-/** X = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), shape [I_1..I_N]. */
+/** X = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), shape [I_1..I_N]; written into options.out if given. */
 export function tuckerReconstruct(
   core: Tensor,
   factors: readonly Tensor[],
@@ -140,7 +198,13 @@ export async function tuckerReconstructAsync(
   return out;
 }
 
-function prepareModeProduct(x: Tensor, matrix: Tensor, mode: number, scale: Tensor | null | undefined) {
+function prepareModeProduct(
+  x: Tensor,
+  matrix: Tensor,
+  mode: number,
+  scale: Tensor | null | undefined,
+  options: OutOptions,
+) {
   live(x, 'modeProduct: x');
   live(matrix, 'modeProduct: matrix');
   if (x.rank < 1 || x.rank > MAX_ORDER)
@@ -164,7 +228,11 @@ function prepareModeProduct(x: Tensor, matrix: Tensor, mode: number, scale: Tens
   ]);
   const outShape = [...x.shape];
   outShape[mode] = matrix.shape[0];
-  const out = zeros(outShape, { device: x.device });
+  const out = resultTensor('modeProduct', options.out, outShape, x.device, [
+    [x, 'x'],
+    [matrix, 'matrix'],
+    [scale, 'scale'],
+  ]);
   const args = [
     x.storage,
     [...x.shape],
@@ -177,9 +245,15 @@ function prepareModeProduct(x: Tensor, matrix: Tensor, mode: number, scale: Tens
   return { out, args };
 }
 
-/** Y = X x_mode (M diag(scale)): contracts mode `mode` of x (size K) with M [J, K]. */
-export function modeProduct(x: Tensor, matrix: Tensor, mode: number, scale?: Tensor | null): Tensor {
-  const { out, args } = prepareModeProduct(x, matrix, mode, scale);
+/** Y = X x_mode (M diag(scale)): contracts mode `mode` of x (size K) with M [J, K]; written into options.out if given. */
+export function modeProduct(
+  x: Tensor,
+  matrix: Tensor,
+  mode: number,
+  scale?: Tensor | null,
+  options: OutOptions = {},
+): Tensor {
+  const { out, args } = prepareModeProduct(x, matrix, mode, scale, options);
   native().modeProduct(...args);
   return out;
 }
@@ -189,13 +263,28 @@ export async function modeProductAsync(
   matrix: Tensor,
   mode: number,
   scale?: Tensor | null,
+  options: OutOptions = {},
 ): Promise<Tensor> {
-  const { out, args } = prepareModeProduct(x, matrix, mode, scale);
+  const { out, args } = prepareModeProduct(x, matrix, mode, scale, options);
   await native().modeProductAsync(...args);
   return out;
 }
 
-function prepareScaleGrad(gradX: Tensor, core: Tensor, factors: readonly Tensor[], scales: readonly (Tensor | null)[]) {
+export interface ScaleGradOptions {
+  /**
+   * One tensor per mode, shapes [R_n], overwritten and returned (as torch's `out=`); they must be
+   * on the core's device and share no memory with each other or with an input.
+   */
+  out?: readonly Tensor[];
+}
+
+function prepareScaleGrad(
+  gradX: Tensor,
+  core: Tensor,
+  factors: readonly Tensor[],
+  scales: readonly (Tensor | null)[],
+  options: ScaleGradOptions,
+) {
   const parts = tuckerParts('tuckerScaleGrad', core, factors, scales);
   live(gradX, 'tuckerScaleGrad: gradX');
   if (gradX.shape.length !== parts.modes.length || gradX.shape.some((d, n) => d !== parts.modes[n])) {
@@ -207,7 +296,23 @@ function prepareScaleGrad(gradX: Tensor, core: Tensor, factors: readonly Tensor[
     [core, 'core'],
     [gradX, 'gradX'],
   ]);
-  const grads = parts.ranks.map((r) => zeros([r], { device: core.device }));
+  if (options.out !== undefined && (!Array.isArray(options.out) || options.out.length !== parts.ranks.length)) {
+    throw new Error(
+      `tuckerScaleGrad: out must be an array of ${parts.ranks.length} tensors, one per mode, got ${Array.isArray(options.out) ? options.out.length : typeof options.out}`,
+    );
+  }
+  const inputs: [Tensor | null, string][] = [
+    [gradX, 'gradX'],
+    [core, 'core'],
+    ...parts.factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
+    ...parts.scales.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+  ];
+  const grads: Tensor[] = [];
+  parts.ranks.forEach((r, n) => {
+    const what = `out[${n}]`;
+    grads.push(resultTensor('tuckerScaleGrad', options.out?.[n], [r], core.device, inputs, what));
+    inputs.push([grads[n], what]);
+  });
   const args = [
     gradX.storage,
     core.storage,
@@ -221,14 +326,15 @@ function prepareScaleGrad(gradX: Tensor, core: Tensor, factors: readonly Tensor[
   return { grads, args };
 }
 
-/** dl_n = d<gradX, X(l)>/dl_n for every mode n (X without alpha), one tensor [R_n] each. */
+/** dl_n = d<gradX, X(l)>/dl_n for every mode n (X without alpha), one tensor [R_n] each (options.out if given). */
 export function tuckerScaleGrad(
   gradX: Tensor,
   core: Tensor,
   factors: readonly Tensor[],
   scales: readonly (Tensor | null)[],
+  options: ScaleGradOptions = {},
 ): Tensor[] {
-  const { grads, args } = prepareScaleGrad(gradX, core, factors, scales);
+  const { grads, args } = prepareScaleGrad(gradX, core, factors, scales, options);
   native().tuckerScaleGrad(...args);
   return grads;
 }
@@ -238,18 +344,20 @@ export async function tuckerScaleGradAsync(
   core: Tensor,
   factors: readonly Tensor[],
   scales: readonly (Tensor | null)[],
+  options: ScaleGradOptions = {},
 ): Promise<Tensor[]> {
-  const { grads, args } = prepareScaleGrad(gradX, core, factors, scales);
+  const { grads, args } = prepareScaleGrad(gradX, core, factors, scales, options);
   await native().tuckerScaleGradAsync(...args);
   return grads;
 }
 
-export interface GemmOptions {
+export interface GemmOptions extends OutOptions {
   transA?: boolean;
   transB?: boolean;
   alpha?: number;
+  /** Weight of c's previous contents (default 1); only with c. */
   beta?: number;
-  /** Accumulate into this tensor (C = alpha op(A) op(B) + beta C); it is returned. */
+  /** Accumulate into this tensor (C = alpha op(A) op(B) + beta C); it is returned. Not with out. */
   c?: Tensor;
 }
 
@@ -264,9 +372,22 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
   if (ka !== kb) {
     throw new Error(`gemm: inner dimensions differ: op(a) is [${m}, ${ka}] and op(b) is [${kb}, ${n}]`);
   }
-  let c = options.c;
-  const beta = options.beta ?? (c ? 1 : 0);
-  if (c) {
+  for (const [name, size] of [
+    ['m', m],
+    ['n', n],
+    ['k', ka],
+  ] as const) {
+    if (size > BLAS_INDEX_LIMIT)
+      throw new Error(`gemm: ${name} = ${size} exceeds the BLAS 32-bit index limit (2^31 - 1)`);
+  }
+  const { c } = options;
+  if (c !== undefined && options.out !== undefined) {
+    throw new Error('gemm: give c (to accumulate into) or out (to overwrite), not both');
+  }
+  if (options.beta !== undefined && c === undefined) {
+    throw new Error('gemm: beta weighs the previous contents of c; without c there are none');
+  }
+  if (c !== undefined) {
     live(c, 'gemm: c');
     if (c.rank !== 2 || c.shape[0] !== m || c.shape[1] !== n)
       throw new Error(`gemm: c has shape ${formatShape(c.shape)}, expected [${m}, ${n}]`);
@@ -278,12 +399,19 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
     [b, 'b'],
     [c, 'c'],
   ]);
-  c ??= zeros([m, n], { device: a.device });
-  const args = [transA, transB, m, n, ka, alpha, a.storage, b.storage, beta, c.storage] as const;
-  return { c, args };
+  // beta = 0: BLAS then writes every element of the result without reading it.
+  const beta = c === undefined ? 0 : (options.beta ?? 1);
+  const result =
+    c ??
+    resultTensor('gemm', options.out, [m, n], a.device, [
+      [a, 'a'],
+      [b, 'b'],
+    ]);
+  const args = [transA, transB, m, n, ka, alpha, a.storage, b.storage, beta, result.storage] as const;
+  return { c: result, args };
 }
 
-/** C = alpha op(A) op(B) + beta C. */
+/** C = alpha op(A) op(B) + beta C (with options.c), or alpha op(A) op(B) into options.out or a fresh tensor. */
 export function gemm(a: Tensor, b: Tensor, options: GemmOptions = {}): Tensor {
   const { c, args } = prepareGemm(a, b, options);
   native().gemm(...args);
@@ -294,4 +422,24 @@ export async function gemmAsync(a: Tensor, b: Tensor, options: GemmOptions = {})
   const { c, args } = prepareGemm(a, b, options);
   await native().gemmAsync(...args);
   return c;
+}
+
+/** Float32 holds every integer up to 2^24 exactly, and argmax returns indices as float32. */
+const MAX_EXACT_INDEX = 2 ** 24;
+
+/**
+ * The index of the largest value in each row of a matrix [rows, cols], as a tensor [rows] of
+ * float32 indices (into options.out if given). NaN counts as the largest value and ties go to the
+ * first index, as torch.argmax(x, 1).
+ */
+export function argmax(x: Tensor, options: OutOptions = {}): Tensor {
+  live(x, 'argmax: x');
+  if (x.rank !== 2) throw new Error(`argmax: x has shape ${formatShape(x.shape)} but must be a matrix [rows, cols]`);
+  const [rows, cols] = x.shape;
+  if (cols > MAX_EXACT_INDEX) {
+    throw new Error(`argmax: rows of ${cols} values have indices past 2^24, which float32 cannot hold exactly`);
+  }
+  const out = resultTensor('argmax', options.out, [rows], x.device, [[x, 'x']]);
+  native().argmaxRows(out.storage, x.storage, rows, cols);
+  return out;
 }

@@ -2,6 +2,7 @@
  * The standard layers: Linear (PyTorch layout and initialisation), the
  * activations, Sequential and MLP.
  */
+import type { ActivationName } from '../../binding';
 import { type Input, gelu, linear, relu, tanh } from '../autograd/ops';
 import { Parameter, type Var } from '../autograd/var';
 import type { DeviceRequest } from '../tensor/device';
@@ -107,7 +108,7 @@ export class Sequential extends Module {
   }
 }
 
-export type ActivationKind = 'relu' | 'gelu' | 'tanh';
+export type ActivationKind = ActivationName;
 
 export interface MLPOptions {
   /** Between hidden layers (default 'relu'); none after the last Linear. */

@@ -2,9 +2,10 @@
  * Device selection. 'auto' means the GPU when this binary has CUDA and a usable
  * device, else the CPU. TERA_DEVICE sets the default for calls that name none.
  */
+import type { NativeDevice } from '../../binding';
 import { native } from '../native/loader';
 
-export type Device = 'cpu' | 'cuda';
+export type Device = NativeDevice;
 export type DeviceRequest = Device | 'auto';
 
 const DEVICES: readonly string[] = ['cpu', 'cuda', 'auto'];
@@ -42,6 +43,10 @@ export function setDefaultDevice(request: DeviceRequest | undefined): void {
   defaultRequest = request === undefined ? undefined : parseRequest(request, 'setDefaultDevice');
 }
 
+/**
+ * The device a tensor goes to when a call names none: setDefaultDevice()'s choice, else
+ * TERA_DEVICE, else 'auto' (the GPU when this binary has CUDA and a usable device, else the CPU).
+ */
 export function defaultDevice(): Device {
   return resolveDevice();
 }

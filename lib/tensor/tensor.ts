@@ -95,7 +95,7 @@ export class Tensor {
     const target = device === undefined ? this.device : resolveDevice(device);
     const storage = this.storage;
     if (target === this.device) {
-      const copy = new (native().Storage)(this.size, target);
+      const copy = new (native().Storage)(this.size, target, true);
       copy.copyFrom(storage);
       return new Tensor(copy, this.shape);
     }
@@ -142,7 +142,7 @@ function checkFloat32Array(data: unknown, what: string): asserts data is Float32
 }
 
 function fromArray(data: Float32Array, shape: readonly number[], device: Device): Tensor {
-  const storage = new (native().Storage)(data.length, device);
+  const storage = new (native().Storage)(data.length, device, true);
   storage.write(data);
   return new Tensor(storage, shape);
 }
@@ -165,17 +165,22 @@ export function zeros(shape: readonly number[], options: TensorOptions = {}): Te
   return new Tensor(storage, shape);
 }
 
+/**
+ * A tensor whose memory is not zero-filled on the CPU, for a result that a kernel writes in
+ * full right away (reading it before that would show stale memory). Internal: not exported
+ * from the package.
+ */
+export function uninitialized(shape: readonly number[], options: TensorOptions = {}): Tensor {
+  const storage = new (native().Storage)(shapeSize(shape), resolveDevice(options.device), true);
+  return new Tensor(storage, shape);
+}
+
 export function full(shape: readonly number[], value: number, options: TensorOptions = {}): Tensor {
-  const t = zeros(shape, options);
+  const t = uninitialized(shape, options);
   native().fill(t.storage, value);
   return t;
 }
 
 export function ones(shape: readonly number[], options: TensorOptions = {}): Tensor {
   return full(shape, 1, options);
-}
-
-/** A zero tensor with the shape and device of `like`. */
-export function zerosLike(like: Tensor): Tensor {
-  return zeros(like.shape, { device: like.device });
 }

@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <napi.h>
 
+#include <cmath>
+
 #include "binding/errors.h"
 #include "binding/kernels.h"
 #include "binding/storage.h"
@@ -19,9 +21,10 @@ Napi::Value setNumThreads(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     if (info.Length() < 1 || !info[0].IsNumber()) throw Error("setNumThreads(n) takes a number");
     const double n = info[0].As<Napi::Number>().DoubleValue();
-    if (n != double(int(n)) || n < 0 || n > 1024) {
+    if (!(n >= 0 && n <= cpu::kMaxThreads) || n != std::floor(n)) {
       throw Error("setNumThreads: " + info[0].ToString().Utf8Value() +
-                  " is not an integer in [0, 1024] (0 restores the default)");
+                  " is not an integer in [0, " + std::to_string(cpu::kMaxThreads) +
+                  "] (0 restores the default)");
     }
     std::lock_guard<std::mutex> lock(executionLock(cpuBackend()));
     cpu::setNumThreads(int(n));
@@ -30,7 +33,8 @@ Napi::Value setNumThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value getNumThreads(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), cpu::numThreads());
+  return guard(info.Env(),
+               [&]() -> Napi::Value { return Napi::Number::New(info.Env(), cpu::numThreads()); });
 }
 
 Napi::Value philox4x32(const Napi::CallbackInfo& info) {
@@ -56,8 +60,7 @@ Napi::Value philox4x32(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value backendInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+Napi::Object describeBackends(Napi::Env env) {
   Napi::Object cpu = Napi::Object::New(env);
   cpu.Set("threads", cpu::numThreads());
   cpu.Set("defaultThreads", cpu::defaultNumThreads());
@@ -88,13 +91,29 @@ Napi::Value backendInfo(const Napi::CallbackInfo& info) {
   return result;
 }
 
+Napi::Value backendInfo(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value { return describeBackends(info.Env()); });
+}
+
 }  // namespace
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
-  data->storageConstructor = new Napi::FunctionReference(Napi::Persistent(Storage::define(env)));
   env.SetInstanceData<AddonData>(data);
-  exports.Set("Storage", data->storageConstructor->Value());
+  data->storageConstructor = Napi::Persistent(Storage::define(env));
+  Napi::Object global = env.Global();
+  Napi::Object hostBuffers = global.Get("WeakMap").As<Napi::Function>().New({});
+  data->weakMapSet = Napi::Persistent(hostBuffers.Get("set").As<Napi::Function>());
+  data->hostBuffers = Napi::Persistent(hostBuffers);
+  data->arrayBuffer = Napi::Persistent(global.Get("ArrayBuffer").As<Napi::Function>());
+  Napi::Value buffer = global.Get("Buffer");
+  if (buffer.IsObject()) {
+    Napi::Value allocUnsafeSlow = buffer.As<Napi::Object>().Get("allocUnsafeSlow");
+    if (allocUnsafeSlow.IsFunction()) {
+      data->allocUnsafeSlow = Napi::Persistent(allocUnsafeSlow.As<Napi::Function>());
+    }
+  }
+  exports.Set("Storage", data->storageConstructor.Value());
   registerKernels(env, exports);
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreads));
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreads));

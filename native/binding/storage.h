@@ -1,7 +1,17 @@
 // Storage: a reference-counted block of float32 memory on one backend, exposed
-// to JavaScript. Tensors in lib/ are views (shape + storage). Memory is freed
-// when the last holder releases it or when the garbage collector finalises the
-// object, and its size is reported to V8 so large tensors prompt collection.
+// to JavaScript. Tensors in lib/ are views (shape + storage).
+//
+// Who owns the memory:
+// - CPU: a V8 ArrayBuffer, reachable only through a private WeakMap keyed by
+//   the storage object. V8 therefore counts the bytes as external memory,
+//   collects dropped storages under memory pressure and frees their buffers
+//   during garbage collection itself. Memory freed by an N-API finalizer would
+//   wait for the event loop (Node defers those finalizers), so a synchronous
+//   loop dropping tensors would grow without bound.
+// - CUDA: device memory from the backend, reported to V8 with
+//   AdjustExternalMemory and freed by the finalizer.
+// release() down to zero references frees the memory at once on both (the CPU
+// buffer is detached, which returns its memory to the allocator).
 #pragma once
 
 #include <napi.h>
@@ -20,8 +30,9 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // live Storage.
   static Storage* from(Napi::Value value, const char* what);
 
+  // JavaScript: new Storage(length, device, uninitialized = false). An
+  // uninitialized storage is for outputs that a kernel overwrites entirely.
   explicit Storage(const Napi::CallbackInfo& info);
-  ~Storage() override;
   void Finalize(Napi::Env env) override;
 
   Backend& backend() const { return *backend_; }
@@ -42,12 +53,14 @@ class Storage : public Napi::ObjectWrap<Storage> {
   Napi::Value read(const Napi::CallbackInfo& info);
   void write(const Napi::CallbackInfo& info);
   void copyFrom(const Napi::CallbackInfo& info);
+  void allocateHost(Napi::Env env, bool zeroFill);
   void freeMemory(Napi::Env env);
 
   Backend* backend_ = nullptr;
   float* data_ = nullptr;
   int64_t length_ = 0;
   int refs_ = 1;
+  napi_ref hostBuffer_ = nullptr;  // CPU only; weak: the WeakMap entry keeps the buffer alive
 };
 
 // Kernels on one backend run one at a time (each uses all of that backend's

@@ -30,7 +30,9 @@ class Backend {
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
 
-  // Memory. allocate() returns zero-filled memory or throws.
+  // Memory. allocate() returns zero-filled memory or throws. The addon's CPU
+  // storages are V8 ArrayBuffers instead (binding/storage.h), so on the CPU
+  // allocate() serves the native tests.
   virtual float* allocate(int64_t count) = 0;
   virtual void release(float* data) = 0;
   virtual void upload(float* dst, const float* host, int64_t count) = 0;

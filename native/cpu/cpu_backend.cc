@@ -63,7 +63,7 @@ int blasDim(int64_t value, const char* what) {
 float activate(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
-      return x > 0.0f ? x : 0.0f;
+      return x <= 0.0f ? 0.0f : x;  // NaN stays NaN, as in PyTorch
     case Activation::Gelu:
       return 0.5f * x * (1.0f + std::erf(x * float(M_SQRT1_2)));
     case Activation::Tanh:
@@ -75,7 +75,7 @@ float activate(Activation activation, float x) {
 float activationDerivative(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
-      return x > 0.0f ? 1.0f : 0.0f;
+      return x <= 0.0f ? 0.0f : 1.0f;  // NaN passes dy through, as PyTorch's threshold_backward
     case Activation::Gelu: {
       const float cdf = 0.5f * (1.0f + std::erf(x * float(M_SQRT1_2)));
       const float pdf = std::exp(-0.5f * x * x) * float(0.5 * M_2_SQRTPI * M_SQRT1_2);
@@ -276,11 +276,21 @@ class CpuBackend final : public Backend {
     return total / double(rows);
   }
 
+  // The first maximum of each row; NaN counts as the largest value (as torch.argmax),
+  // so a row holding NaN gives the index of its first NaN wherever it sits.
   void argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) override {
     cpu::parallelFor(rows, [&](int64_t begin, int64_t end, int) {
       for (int64_t i = begin; i < end; ++i) {
         const float* row = x + i * cols;
-        out[i] = float(std::max_element(row, row + cols) - row);
+        int64_t best = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+          if (std::isnan(row[j])) {
+            best = j;
+            break;
+          }
+          if (row[j] > row[best]) best = j;
+        }
+        out[i] = float(best);
       }
     });
   }

@@ -9,14 +9,23 @@
 namespace tera {
 namespace cpu {
 
+// Most threads setNumThreads and TERA_NUM_THREADS accept.
+constexpr int kMaxThreads = 1024;
+
 // body(begin, end, worker) handles items [begin, end); worker is in [0, threads()).
 using RangeBody = std::function<void(int64_t begin, int64_t end, int worker)>;
 
+// The first call (or numThreads()) starts the default number of threads; it
+// throws if TERA_NUM_THREADS is invalid or the threads cannot be started.
 void parallelFor(int64_t count, const RangeBody& body);
 
 int numThreads();
-// n <= 0 restores the default: TERA_NUM_THREADS, else all cores.
+// n in [1, kMaxThreads], or 0 for the default. Takes effect only once every
+// thread exists: if one cannot be started, this throws and the pool keeps its
+// previous threads.
 void setNumThreads(int n);
+// TERA_NUM_THREADS when set (an integer in [1, kMaxThreads], else this throws),
+// otherwise the number of cores.
 int defaultNumThreads();
 
 }  // namespace cpu

@@ -72,7 +72,7 @@ struct AddRowVectorOp {
 TERA_DEV float activate(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
-      return x > 0.0f ? x : 0.0f;
+      return x <= 0.0f ? 0.0f : x;  // NaN stays NaN, as in PyTorch
     case Activation::Gelu:
       return 0.5f * x * (1.0f + erff(x * float(M_SQRT1_2)));
     case Activation::Tanh:
@@ -84,7 +84,7 @@ TERA_DEV float activate(Activation activation, float x) {
 TERA_DEV float activationDerivative(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
-      return x > 0.0f ? 1.0f : 0.0f;
+      return x <= 0.0f ? 0.0f : 1.0f;  // NaN passes dy through, as PyTorch's threshold_backward
     case Activation::Gelu: {
       const float cdf = 0.5f * (1.0f + erff(x * float(M_SQRT1_2)));
       const float pdf = expf(-0.5f * x * x) * float(0.5 * M_2_SQRTPI * M_SQRT1_2);
@@ -388,8 +388,17 @@ TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* lab
   }
 }
 
-// out[i] = index of the row's maximum, as std::max_element finds it: the first
-// maximum, NaN never replacing a value, a leading NaN winning.
+// Whether (v, i) beats (best, bestIndex) for argmax: NaN is the largest value
+// (as torch.argmax), and ties go to the lower index.
+TERA_DEV bool argmaxBeats(float v, int64_t i, float best, int64_t bestIndex) {
+  const bool nan = v != v, bestNan = best != best;
+  if (nan != bestNan) return nan;
+  if (nan || v == best) return i < bestIndex;
+  return v > best;
+}
+
+// out[i] = index of the row's first maximum, NaN counting as the largest value,
+// as the CPU finds it.
 template <class Ctx>
 TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t rows, int64_t cols,
                             float* smemValue, int64_t* smemIndex) {
@@ -400,8 +409,7 @@ TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t ro
     int64_t bestIndex = none;
     for (int64_t j = c.tid(); j < cols; j += c.threads()) {
       const float v = row[j];
-      if (v != v) continue;
-      if (bestIndex == none || v > best) {
+      if (bestIndex == none || argmaxBeats(v, j, best, bestIndex)) {
         best = v;
         bestIndex = j;
       }
@@ -414,19 +422,14 @@ TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t ro
         const float v = smemValue[c.tid() + half];
         const int64_t index = smemIndex[c.tid() + half];
         const int64_t mine = smemIndex[c.tid()];
-        if (index != none &&
-            (mine == none || v > smemValue[c.tid()] || (v == smemValue[c.tid()] && index < mine))) {
+        if (index != none && (mine == none || argmaxBeats(v, index, smemValue[c.tid()], mine))) {
           smemValue[c.tid()] = v;
           smemIndex[c.tid()] = index;
         }
       }
       c.sync();
     }
-    if (c.tid() == 0) {
-      const bool leadingNan = cols > 0 && row[0] != row[0];
-      const int64_t index = leadingNan || smemIndex[0] == none ? 0 : smemIndex[0];
-      out[i] = float(index);
-    }
+    if (c.tid() == 0) out[i] = float(smemIndex[0] == none ? 0 : smemIndex[0]);
     c.sync();
   }
 }

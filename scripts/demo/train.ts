@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { type Device, type Tensor, autograd, nn, optim, tensor } from '../../lib';
+import { type Device, type Tensor, autograd, kernels, nn, optim, tensor } from '../../lib';
 import { type Digits, IMAGE_SIZE, permutation } from './data';
 
 /** 784 -> 128 -> 64 -> 10 with ReLU: its Linear layers are named '0', '2' and '4'. */
@@ -100,12 +100,17 @@ export function accuracy(model: nn.Module, digits: Digits, device: Device, batch
   for (let first = 0; first < digits.count; first += batchSize) {
     const indices = Array.from({ length: Math.min(batchSize, digits.count - first) }, (_, i) => first + i);
     const [input, labels] = batchTensors(digits, indices, device);
-    const logits = autograd.noGrad(() => autograd.tidy(() => model.forward(input).toFloat32Array()));
+    const predicted = autograd.noGrad(() =>
+      autograd.tidy(() => {
+        const classes = kernels.argmax(model.forward(input).data);
+        const values = classes.toFloat32Array();
+        classes.dispose();
+        return values;
+      }),
+    );
     input.dispose();
-    const classes = logits.length / indices.length;
     labels.forEach((label, row) => {
-      const scores = logits.subarray(row * classes, (row + 1) * classes);
-      if (scores.indexOf(Math.max(...scores)) === label) correct++;
+      if (predicted[row] === label) correct++;
     });
   }
   return correct / digits.count;
