@@ -185,3 +185,34 @@ export interface NativeBinding {
   getNumThreads(): number;
   backendInfo(): NativeBackendInfo;
 }
+
+/** Whether NCCL can be used here (a CUDA build, a GPU, and libnccl found at run time). */
+export interface NativeNcclStatus {
+  available: boolean;
+  reason?: string;
+  /** The libnccl file that was loaded. */
+  library?: string;
+  /** ncclGetVersion's code, e.g. 22105 for 2.21.5. */
+  version?: number;
+}
+
+/** Distributed training's entries (lib/distributed); merged into NativeBinding. */
+export interface NativeBinding {
+  /** bucket[offsets[i] ...] = scale * sources[i] (every tensor on the bucket's device). */
+  packInto(bucket: S, sources: readonly S[], offsets: readonly number[], scale: number): void;
+  /** targets[i] = scale * bucket[offsets[i] ...]. */
+  unpackFrom(bucket: S, targets: readonly S[], offsets: readonly number[], scale: number): void;
+  ncclStatus(): NativeNcclStatus;
+  /** 128 bytes; rank 0 makes it and MPI broadcasts it. */
+  ncclUniqueId(): Uint8Array;
+  /** The PCI bus id of the GPU this process computes on. */
+  ncclDeviceBusId(): string;
+  /** Joins the communicator; blocks until every rank has called it. */
+  ncclInit(uniqueId: Uint8Array, rank: number, size: number): void;
+  ncclDestroy(): void;
+  /** In place on a CUDA tensor; a failure or the timeout aborts the communicator and throws. */
+  ncclAllReduce(data: S, op: 'sum' | 'max' | 'min', timeoutSeconds: number): void;
+  ncclAllReduceAsync(data: S, op: 'sum' | 'max' | 'min', timeoutSeconds: number): Promise<void>;
+  ncclBroadcast(data: S, root: number, timeoutSeconds: number): void;
+  ncclBroadcastAsync(data: S, root: number, timeoutSeconds: number): Promise<void>;
+}

@@ -6,6 +6,7 @@
 #include "binding/errors.h"
 #include "binding/storage.h"
 #include "core/errors.h"
+#include "distributed/nccl_comm.h"
 
 namespace tera {
 namespace binding {
@@ -73,6 +74,23 @@ class Arguments {
       dims[k] = int64_t(d);
     }
     return dims;
+  }
+
+  // An array of integers >= minimum (offsets may be 0, unlike dims).
+  std::vector<int64_t> integers(size_t i, int64_t minimum) const {
+    if (!info_[i].IsArray()) throw Error(where(i) + " must be an array of integers");
+    Napi::Array array = info_[i].As<Napi::Array>();
+    std::vector<int64_t> out(array.Length());
+    for (uint32_t k = 0; k < array.Length(); ++k) {
+      Napi::Value v = array.Get(k);
+      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (d != double(int64_t(d)) || d < double(minimum) || d > double(kMaxElements)) {
+        throw Error(where(i) + "[" + std::to_string(k) +
+                    "] must be an integer >= " + std::to_string(minimum));
+      }
+      out[k] = int64_t(d);
+    }
+    return out;
   }
 
   Storage* storage(size_t i) const { return Storage::from(info_[i], where(i).c_str()); }
@@ -529,6 +547,109 @@ Job prepareSgdStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// --- Distributed training (lib/distributed) -----------------------------------
+
+// packInto(bucket, sources, offsets, scale): bucket[offsets[i] ...] = scale * sources[i];
+// unpackFrom(bucket, targets, offsets, scale): targets[i] = scale * bucket[offsets[i] ...].
+// One flat bucket per collective instead of one call per tensor.
+Job prepareBucket(const Napi::CallbackInfo& info, const char* kernel, bool pack) {
+  Arguments args(info, kernel);
+  Storage* bucket = args.storage(0);
+  const std::vector<Storage*> tensors = args.storages(1, false);
+  const std::vector<int64_t> offsets = args.integers(2, 0);
+  const float scale = float(args.number(3));
+  if (offsets.size() != tensors.size()) {
+    throw Error(std::string(kernel) + ": " + std::to_string(tensors.size()) + " tensors but " +
+                std::to_string(offsets.size()) + " offsets");
+  }
+  JobBuilder job(kernel);
+  job.distinct(bucket, tensors);
+  float* pb = job.use(bucket, -1, "bucket");
+  std::vector<std::pair<float*, int64_t>> segments;  // (tensor data, count), by offset
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string name = (pack ? "sources[" : "targets[") + std::to_string(i) + "]";
+    float* p = job.use(tensors[i], -1, name);
+    const int64_t count = tensors[i]->length();
+    if (offsets[i] > bucket->length() - count) {
+      throw Error(std::string(kernel) + ": " + name + " (" + std::to_string(count) +
+                  " elements at offset " + std::to_string(offsets[i]) +
+                  ") does not fit in the bucket of " + std::to_string(bucket->length()));
+    }
+    segments.emplace_back(p, count);
+  }
+  Backend* backend = &bucket->backend();
+  return job.finish([=] {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      float* slot = pb + offsets[i];
+      float* dst = pack ? slot : segments[i].first;
+      const float* src = pack ? segments[i].first : slot;
+      if (scale == 1.0f) {
+        backend->copy(dst, src, segments[i].second);
+      } else {
+        backend->axpby(dst, src, segments[i].second, scale, 0.0f);
+      }
+    }
+    return kNoResult;
+  });
+}
+
+Job preparePackInto(const Napi::CallbackInfo& info) {
+  return prepareBucket(info, "packInto", true);
+}
+Job prepareUnpackFrom(const Napi::CallbackInfo& info) {
+  return prepareBucket(info, "unpackFrom", false);
+}
+
+// The NCCL collectives work in place on one CUDA tensor (native/distributed/nccl_comm.h).
+struct NcclOperand {
+  Backend* backend;
+  float* data;
+  int64_t count;
+  double timeoutSeconds;
+};
+
+NcclOperand useNcclOperand(JobBuilder& job, const Arguments& args, const char* kernel,
+                           size_t timeoutArg) {
+  Storage* data = args.storage(0);
+  if (data->backend().device() != Device::Cuda) {
+    throw Error(std::string(kernel) + ": NCCL moves CUDA tensors; this one is on " +
+                data->backend().name());
+  }
+  const double timeout = args.number(timeoutArg);
+  if (!(timeout > 0)) throw Error(std::string(kernel) + ": the timeout must be positive");
+  return {&data->backend(), job.use(data, -1, "data"), data->length(), timeout};
+}
+
+distributed::ReduceOp parseReduceOp(const std::string& name) {
+  if (name == "sum") return distributed::ReduceOp::Sum;
+  if (name == "max") return distributed::ReduceOp::Max;
+  if (name == "min") return distributed::ReduceOp::Min;
+  throw Error("ncclAllReduce: op must be 'sum', 'max' or 'min', got '" + name + "'");
+}
+
+Job prepareNcclAllReduce(const Napi::CallbackInfo& info) {
+  Arguments args(info, "ncclAllReduce");
+  const std::string name = args.string(1);
+  const distributed::ReduceOp op = parseReduceOp(name);
+  JobBuilder job("ncclAllReduce");
+  const NcclOperand x = useNcclOperand(job, args, "ncclAllReduce", 2);
+  return job.finish([=] {
+    distributed::ncclAllReduce(*x.backend, x.data, x.count, op, x.timeoutSeconds);
+    return kNoResult;
+  });
+}
+
+Job prepareNcclBroadcast(const Napi::CallbackInfo& info) {
+  Arguments args(info, "ncclBroadcast");
+  const int root = int(args.integer(1, 0));
+  JobBuilder job("ncclBroadcast");
+  const NcclOperand x = useNcclOperand(job, args, "ncclBroadcast", 2);
+  return job.finish([=] {
+    distributed::ncclBroadcast(*x.backend, x.data, x.count, root, x.timeoutSeconds);
+    return kNoResult;
+  });
+}
+
 Napi::Value resultValue(Napi::Env env, double result) {
   return result != result ? env.Undefined() : Napi::Number::New(env, result);
 }
@@ -602,6 +723,10 @@ const KernelEntry kKernels[] = {
     {"argmaxRows", prepareArgmaxRows, false},
     {"adamwStep", prepareAdamwStep, false},
     {"sgdStep", prepareSgdStep, false},
+    {"packInto", preparePackInto, false},
+    {"unpackFrom", prepareUnpackFrom, false},
+    {"ncclAllReduce", prepareNcclAllReduce, true},
+    {"ncclBroadcast", prepareNcclBroadcast, true},
 };
 
 }  // namespace
