@@ -198,10 +198,13 @@ export interface NativeNcclStatus {
 
 /** Distributed training's entries (lib/distributed); merged into NativeBinding. */
 export interface NativeBinding {
-  /** bucket[offsets[i] ...] = scale * sources[i] (every tensor on the bucket's device). */
-  packInto(bucket: S, sources: readonly S[], offsets: readonly number[], scale: number): void;
+  /**
+   * bucket[offsets[i] ...] = scale * sources[i]. The bucket is a storage on the tensors'
+   * device or, for CPU tensors, a Float32Array (the host buffer MPI reduces in place).
+   */
+  packInto(bucket: S | Float32Array, sources: readonly S[], offsets: readonly number[], scale: number): void;
   /** targets[i] = scale * bucket[offsets[i] ...]. */
-  unpackFrom(bucket: S, targets: readonly S[], offsets: readonly number[], scale: number): void;
+  unpackFrom(bucket: S | Float32Array, targets: readonly S[], offsets: readonly number[], scale: number): void;
   ncclStatus(): NativeNcclStatus;
   /** 128 bytes; rank 0 makes it and MPI broadcasts it. */
   ncclUniqueId(): Uint8Array;

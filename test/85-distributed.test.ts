@@ -151,6 +151,46 @@ describe('data sharding', () => {
   });
 });
 
+describe('buckets: packInto and unpackFrom', () => {
+  const a = tera.tensor(new Float32Array([1, -2, 3]));
+  const b = tera.tensor(new Float32Array([0.5, 4]));
+
+  test.each(['a Float32Array', 'a CPU tensor'])(
+    'pack scaled segments at their offsets into %s, and unpack them',
+    (kind) => {
+      const host = new Float32Array(7).fill(9);
+      const device = tera.full([7], 9);
+      const bucket = kind === 'a Float32Array' ? host : device.storage;
+      const read = () => (kind === 'a Float32Array' ? Array.from(host) : Array.from(device.toFloat32Array()));
+      native().packInto(bucket, [a.storage, b.storage], [4, 1], 2);
+      expect(read()).toEqual([9, 2 * 0.5, 2 * 4, 9, 2 * 1, 2 * -2, 2 * 3]);
+      const outA = tera.zeros([3]);
+      const outB = tera.zeros([2]);
+      native().unpackFrom(bucket, [outB.storage, outA.storage], [1, 4], 0.25);
+      expect(Array.from(outA.toFloat32Array())).toEqual([0.5, -1, 1.5]);
+      expect(Array.from(outB.toFloat32Array())).toEqual([0.25, 2]);
+    },
+  );
+
+  test('refuses segments that do not fit, and mismatched arguments', () => {
+    const host = new Float32Array(4);
+    expect(() => native().packInto(host, [a.storage], [2], 1)).toThrow(
+      'packInto: sources[0] (3 elements at offset 2) does not fit in the bucket of 4',
+    );
+    expect(() => native().unpackFrom(host, [a.storage, b.storage], [0], 1)).toThrow(
+      'unpackFrom: 2 tensors but 1 offsets',
+    );
+    expect(() => native().packInto(host, [], [], 1)).toThrow('packInto: no tensors');
+    expect(() => native().packInto(new Float64Array(4) as unknown as Float32Array, [a.storage], [0], 1)).toThrow(
+      'packInto: the bucket must be a tensor or a Float32Array',
+    );
+    expect(() => native().packInto(a.storage, [a.storage], [0], 1)).toThrow(
+      'packInto: the output tensor must not also be an input',
+    );
+    expect(Array.from(host)).toEqual([0, 0, 0, 0]);
+  });
+});
+
 describe('the demo with --distributed', () => {
   test('runs on the CPU over MPI unless told --device cuda (NCCL); auto cannot choose the engine', () => {
     expect(parseDemoArgs(['--distributed'])).toEqual(expect.objectContaining({ distributed: true, device: 'cpu' }));

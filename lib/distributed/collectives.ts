@@ -1,11 +1,11 @@
 /**
  * Collectives on tensors: allReduce and broadcast (in place) and barrier, each
  * with an *Async twin from the same body. Several tensors travel as one flat
- * bucket per call, one collective instead of one per tensor: packed on their
- * device by the native packInto, then reduced on the device by NCCL (CUDA
- * tensors) or through one host copy by MPI (CPU tensors), and unpacked by
- * unpackFrom. The bucket of each device is kept while its size stays, so a
- * training loop allocates it once.
+ * bucket per call, one collective instead of one per tensor: packed by the
+ * native packInto, reduced in place (CPU tensors: a Float32Array, by MPI; CUDA
+ * tensors: a device tensor, by NCCL on the GPU), and unpacked by unpackFrom.
+ * The bucket of each device is kept while its size stays, so a training loop
+ * allocates it once.
  *
  * Before each reduction the ranks check that they all passed the same layout
  * (device and tensor sizes) with one 16-byte allreduce: mismatched sizes would
@@ -14,9 +14,9 @@
  */
 import { native } from '../native/loader';
 import type { Device } from '../tensor/device';
-import { Tensor, zeros } from '../tensor/tensor';
+import { Tensor, tensor, zeros } from '../tensor/tensor';
 import { type Group, runAsync, runSync } from './group';
-import { type Steps, allgatherRecords, digest } from './requests';
+import { type Bucket, type Steps, allgatherRecords, digest } from './requests';
 
 export type AllReduceOp = 'sum' | 'mean';
 
@@ -61,13 +61,69 @@ export function layoutOf(sizes: readonly number[]): { offsets: number[]; total: 
 }
 
 /** The device's bucket of exactly `length` floats (reused while the length stays). */
-export function bucketFor(g: Group, device: Device, length: number): Tensor {
+export function bucketFor(g: Group, device: Device, length: number): Bucket {
   const cached = g.buckets.get(device);
-  if (cached !== undefined && cached.size === length) return cached;
-  cached?.dispose();
-  const bucket = zeros([length], { device });
+  const cachedLength = cached instanceof Tensor ? cached.size : cached?.length;
+  if (cached !== undefined && cachedLength === length) return cached;
+  if (cached instanceof Tensor) cached.dispose();
+  const bucket = device === 'cpu' ? new Float32Array(length) : zeros([length], { device });
   g.buckets.set(device, bucket);
   return bucket;
+}
+
+const nativeBucket = (bucket: Bucket) => (bucket instanceof Tensor ? bucket.storage : bucket);
+
+/** bucket[offsets[i] ...] = scale * tensors[i]. */
+export function pack(bucket: Bucket, tensors: readonly Tensor[], offsets: readonly number[], scale: number): void {
+  if (tensors.length === 0) return;
+  native().packInto(
+    nativeBucket(bucket),
+    tensors.map((t) => t.storage),
+    offsets,
+    scale,
+  );
+}
+
+/** tensors[i] = scale * bucket[offsets[i] ...]. */
+export function unpack(bucket: Bucket, tensors: readonly Tensor[], offsets: readonly number[], scale: number): void {
+  if (tensors.length === 0) return;
+  native().unpackFrom(
+    nativeBucket(bucket),
+    tensors.map((t) => t.storage),
+    offsets,
+    scale,
+  );
+}
+
+export function fillBucket(bucket: Bucket, value: number): void {
+  if (bucket instanceof Tensor) native().fill(bucket.storage, value);
+  else bucket.fill(value);
+}
+
+/** Host values into the bucket at `offset` (one small upload for a device bucket). */
+export function writeBucket(bucket: Bucket, offset: number, values: Float32Array): void {
+  if (!(bucket instanceof Tensor)) {
+    bucket.set(values, offset);
+    return;
+  }
+  const staged = tensor(values, [values.length], { device: bucket.device });
+  try {
+    pack(bucket, [staged], [offset], 1);
+  } finally {
+    staged.dispose();
+  }
+}
+
+/** `length` values of the bucket from `offset`, on the host. */
+export function readBucket(bucket: Bucket, offset: number, length: number): Float32Array {
+  if (!(bucket instanceof Tensor)) return bucket.slice(offset, offset + length);
+  const staged = zeros([length], { device: bucket.device });
+  try {
+    unpack(bucket, [staged], [offset], 1);
+    return staged.toFloat32Array();
+  } finally {
+    staged.dispose();
+  }
 }
 
 /**
@@ -95,14 +151,10 @@ export function* checkLayout(g: Group, what: string, device: Device, sizes: read
 }
 
 /** Sums the bucket over the ranks, in place. */
-export function* reduceBucket(bucket: Tensor): Steps<void> {
-  if (bucket.device === 'cuda') {
-    yield { kind: 'ncclAllReduce', data: bucket };
-    return;
-  }
-  const host = bucket.toFloat32Array();
-  yield { kind: 'allreduce', data: host, op: 'sum' };
-  bucket.set(host);
+export function* reduceBucket(bucket: Bucket): Steps<void> {
+  yield bucket instanceof Tensor
+    ? { kind: 'ncclAllReduce', data: bucket }
+    : { kind: 'allreduce', data: bucket, op: 'sum' };
 }
 
 function* allReduceSteps(g: Group, tensors: Tensor | readonly Tensor[], options: AllReduceOptions): Steps<void> {
@@ -117,10 +169,9 @@ function* allReduceSteps(g: Group, tensors: Tensor | readonly Tensor[], options:
   yield* checkLayout(g, 'allReduce', device, sizes);
   const { offsets, total } = layoutOf(sizes);
   const bucket = bucketFor(g, device, total);
-  const storages = list.map((t) => t.storage);
-  native().packInto(bucket.storage, storages, offsets, 1);
+  pack(bucket, list, offsets, 1);
   yield* reduceBucket(bucket);
-  native().unpackFrom(bucket.storage, storages, offsets, op === 'mean' ? 1 / g.info.worldSize : 1);
+  unpack(bucket, list, offsets, op === 'mean' ? 1 / g.info.worldSize : 1);
 }
 
 /** Replaces each tensor by its sum (or mean) over the ranks; every rank passes the same list. */
@@ -146,16 +197,11 @@ function* broadcastSteps(g: Group, tensors: Tensor | readonly Tensor[], root: nu
   yield* checkLayout(g, 'broadcast', device, sizes);
   const { offsets, total } = layoutOf(sizes);
   const bucket = bucketFor(g, device, total);
-  const storages = list.map((t) => t.storage);
-  if (rank === root) native().packInto(bucket.storage, storages, offsets, 1);
-  if (device === 'cuda') {
-    yield { kind: 'ncclBroadcast', data: bucket, root };
-  } else {
-    const host = rank === root ? bucket.toFloat32Array() : new Float32Array(total);
-    yield { kind: 'broadcast', data: new Uint8Array(host.buffer), root };
-    bucket.set(host);
-  }
-  if (rank !== root) native().unpackFrom(bucket.storage, storages, offsets, 1);
+  if (rank === root) pack(bucket, list, offsets, 1);
+  yield bucket instanceof Tensor
+    ? { kind: 'ncclBroadcast', data: bucket, root }
+    : { kind: 'broadcast', data: new Uint8Array(bucket.buffer, bucket.byteOffset, bucket.byteLength), root };
+  if (rank !== root) unpack(bucket, list, offsets, 1);
 }
 
 /** Copies root's tensors into every rank's (same shapes on every rank). */

@@ -23,10 +23,20 @@
  */
 import { Parameter } from '../autograd/var';
 import { PeftModel } from '../adapters/peft-model';
-import { native } from '../native/loader';
 import { Module } from '../nn/module';
-import { tensor, zeros } from '../tensor/tensor';
-import { bucketFor, checkEngine, checkLayout, layoutOf, reduceBucket } from './collectives';
+import { zeros } from '../tensor/tensor';
+import {
+  bucketFor,
+  checkEngine,
+  checkLayout,
+  fillBucket,
+  layoutOf,
+  pack,
+  readBucket,
+  reduceBucket,
+  unpack,
+  writeBucket,
+} from './collectives';
 import { type Group, runAsync, runSync } from './group';
 import type { Steps } from './requests';
 
@@ -80,12 +90,12 @@ function* averageSteps(g: Group, source: GradientSource, options: AverageGradien
   const bucket = bucketFor(g, device, total);
 
   const present = params.map((p) => p.grad !== null);
-  if (present.includes(false)) native().fill(bucket.storage, 0);
+  if (present.includes(false)) fillBucket(bucket, 0);
   const weighted = count !== undefined;
   const withGrad = params.flatMap((p, i) => (present[i] ? [i] : []));
-  native().packInto(
-    bucket.storage,
-    withGrad.map((i) => params[i].grad!.storage),
+  pack(
+    bucket,
+    withGrad.map((i) => params[i].grad!),
     withGrad.map((i) => offsets[i]),
     weighted ? count : 1,
   );
@@ -93,15 +103,9 @@ function* averageSteps(g: Group, source: GradientSource, options: AverageGradien
   present.forEach((has, i) => (tail[i] = has ? 1 : 0));
   tail[P] = count ?? 0;
   tail[P + 1] = weighted ? 1 : 0;
-  const tailTensor = tensor(tail, [P + 2], { device });
-  try {
-    native().packInto(bucket.storage, [tailTensor.storage], [offsets[P]], 1);
-    yield* reduceBucket(bucket);
-    native().unpackFrom(bucket.storage, [tailTensor.storage], [offsets[P]], 1);
-    tail.set(tailTensor.toFloat32Array());
-  } finally {
-    tailTensor.dispose();
-  }
+  writeBucket(bucket, offsets[P], tail);
+  yield* reduceBucket(bucket);
+  tail.set(readBucket(bucket, offsets[P], P + 2));
 
   const weightedRanks = tail[P + 1];
   if (weightedRanks !== 0 && weightedRanks !== worldSize) {
@@ -117,9 +121,9 @@ function* averageSteps(g: Group, source: GradientSource, options: AverageGradien
     p.grad ??= zeros(p.shape, { device });
     return [i];
   });
-  native().unpackFrom(
-    bucket.storage,
-    targets.map((i) => params[i].grad!.storage),
+  unpack(
+    bucket,
+    targets.map((i) => params[i].grad!),
     targets.map((i) => offsets[i]),
     scale,
   );

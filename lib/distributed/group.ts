@@ -31,10 +31,11 @@ import { inspect } from 'node:util';
 import { setNumThreads } from '../backend';
 import { native } from '../native/loader';
 import type { Device } from '../tensor/device';
-import type { Tensor } from '../tensor/tensor';
+import { Tensor } from '../tensor/tensor';
 import { type LauncherInfo, detectLauncher } from './launcher';
 import { type MpiBinding, type MpiInitInfo, loadMpiBinding } from './mpi';
 import {
+  type Bucket,
   type Request,
   type Steps,
   allgatherRecords,
@@ -117,7 +118,7 @@ export interface Group {
   /** The operation in flight, if any. */
   inFlight: string | null;
   /** The flat buffer of each device, reused while the size stays. */
-  readonly buckets: Map<Device, Tensor>;
+  readonly buckets: Map<Device, Bucket>;
   readonly stats: Map<string, OperationStats>;
 }
 
@@ -327,7 +328,7 @@ export function finalize(): void {
   finalizedOnce = true;
   process.removeListener('exit', onExit);
   process.removeListener('uncaughtExceptionMonitor', onUncaught);
-  for (const bucket of g.buckets.values()) bucket.dispose();
+  for (const bucket of g.buckets.values()) if (bucket instanceof Tensor) bucket.dispose();
   if (g.info.nccl !== null) native().ncclDestroy();
   g.transport.finalize();
 }

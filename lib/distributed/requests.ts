@@ -9,6 +9,12 @@ import { createHash } from 'node:crypto';
 
 import type { Tensor } from '../tensor/tensor';
 
+/**
+ * One call's flat buffer: for CPU tensors a Float32Array, which MPI reduces in
+ * place; for CUDA tensors a device tensor, which NCCL reduces on the GPU.
+ */
+export type Bucket = Float32Array | Tensor;
+
 export type Request =
   | { kind: 'allreduce'; data: Float32Array | Float64Array; op: 'sum' | 'max' | 'min' }
   | { kind: 'broadcast'; data: Uint8Array; root: number }

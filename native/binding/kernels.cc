@@ -551,33 +551,54 @@ Job prepareSgdStep(const Napi::CallbackInfo& info) {
 
 // packInto(bucket, sources, offsets, scale): bucket[offsets[i] ...] = scale * sources[i];
 // unpackFrom(bucket, targets, offsets, scale): targets[i] = scale * bucket[offsets[i] ...].
-// One flat bucket per collective instead of one call per tensor.
+// One flat bucket per collective instead of one call per tensor. The bucket is
+// a tensor on the tensors' device, or for CPU tensors a Float32Array: the host
+// buffer MPI reduces in place (these kernels are synchronous, so JavaScript
+// holds the array while they run).
 Job prepareBucket(const Napi::CallbackInfo& info, const char* kernel, bool pack) {
   Arguments args(info, kernel);
-  Storage* bucket = args.storage(0);
   const std::vector<Storage*> tensors = args.storages(1, false);
   const std::vector<int64_t> offsets = args.integers(2, 0);
   const float scale = float(args.number(3));
+  if (tensors.empty()) throw Error(std::string(kernel) + ": no tensors");
   if (offsets.size() != tensors.size()) {
     throw Error(std::string(kernel) + ": " + std::to_string(tensors.size()) + " tensors but " +
                 std::to_string(offsets.size()) + " offsets");
   }
   JobBuilder job(kernel);
-  job.distinct(bucket, tensors);
-  float* pb = job.use(bucket, -1, "bucket");
+  float* pb = nullptr;
+  int64_t bucketLength = 0;
+  if (info[0].IsTypedArray()) {
+    if (info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+      throw Error(std::string(kernel) + ": the bucket must be a tensor or a Float32Array");
+    }
+    if (tensors[0]->backend().device() != Device::Cpu) {
+      throw Error(std::string(kernel) +
+                  ": a Float32Array bucket takes CPU tensors; tensor 0 is on " +
+                  tensors[0]->backend().name());
+    }
+    Napi::Float32Array host = info[0].As<Napi::Float32Array>();
+    pb = host.Data();
+    bucketLength = int64_t(host.ElementLength());
+  } else {
+    Storage* bucket = args.storage(0);
+    job.distinct(bucket, tensors);
+    pb = job.use(bucket, -1, "bucket");
+    bucketLength = bucket->length();
+  }
   std::vector<std::pair<float*, int64_t>> segments;  // (tensor data, count), by offset
   for (size_t i = 0; i < tensors.size(); ++i) {
     const std::string name = (pack ? "sources[" : "targets[") + std::to_string(i) + "]";
     float* p = job.use(tensors[i], -1, name);
     const int64_t count = tensors[i]->length();
-    if (offsets[i] > bucket->length() - count) {
+    if (offsets[i] > bucketLength - count) {
       throw Error(std::string(kernel) + ": " + name + " (" + std::to_string(count) +
                   " elements at offset " + std::to_string(offsets[i]) +
-                  ") does not fit in the bucket of " + std::to_string(bucket->length()));
+                  ") does not fit in the bucket of " + std::to_string(bucketLength));
     }
     segments.emplace_back(p, count);
   }
-  Backend* backend = &bucket->backend();
+  Backend* backend = &tensors[0]->backend();
   return job.finish([=] {
     for (size_t i = 0; i < segments.size(); ++i) {
       float* slot = pb + offsets[i];

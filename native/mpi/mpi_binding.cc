@@ -127,7 +127,9 @@ class Watchdog {
   Clock::time_point started_;
   double timeoutSeconds_ = 600;
 };
-Watchdog watchdog;
+// Never destroyed: a process that exits without finalize() must not run a
+// destructor on a joinable thread (that would call std::terminate).
+Watchdog& watchdog = *new Watchdog();
 
 // Refuses a second call while one is in flight (sync or async).
 std::atomic<bool> busy{false};
