@@ -5,8 +5,7 @@
  * gradient, then averageGradients runs `--steps` times under the launcher this
  * script was started with. Rank 0 prints, per case, the bytes each rank handed
  * to MPI per step (tera.distributed.stats: the gradient bucket and its 16-byte
- * layout check), what a ring all-reduce puts on each rank's link for that
- * (2 (W - 1) / W times the bucket), and the median time of one exchange.
+ * layout check) and the median time of one exchange.
  *
  *   mpirun -np 2 npx tsx scripts/distributed-traffic.ts [--steps 20]
  */
@@ -85,7 +84,6 @@ function median(values: number[]): number {
 function measure(c: Case, steps: number): string[] {
   const { module, params } = c.build();
   for (const p of params) p.grad = tera.random.normal(p.shape, { seed: 2, key: p.size });
-  const worldSize = dist.worldSize();
   dist.resetStats();
   const times: number[] = [];
   for (let step = 0; step < steps; step++) {
@@ -96,15 +94,7 @@ function measure(c: Case, steps: number): string[] {
   const bytes = dist.stats().averageGradients.bytes / steps;
   module.dispose();
   const values = params.reduce((n, p) => n + p.size, 0);
-  const wire = (2 * (worldSize - 1) * (bytes - 16)) / worldSize;
-  return [
-    c.model,
-    c.method,
-    values.toLocaleString('en-US'),
-    formatBytes(bytes),
-    formatBytes(wire),
-    median(times).toFixed(2),
-  ];
+  return [c.model, c.method, values.toLocaleString('en-US'), formatBytes(bytes), median(times).toFixed(2)];
 }
 
 function main(): void {
@@ -117,8 +107,8 @@ function main(): void {
   dist.log(`${worldSize} ranks, ${mpiLibrary ?? 'no MPI'}, ${threads} thread(s) per rank, ${steps} steps per case\n`);
   dist.log(
     [
-      '| model | method | trainable values | sent per rank per step | ring all-reduce, per link | ms per exchange |',
-      '| --- | --- | ---: | ---: | ---: | ---: |',
+      '| model | method | trainable values | sent per rank per step | ms per exchange |',
+      '| --- | --- | ---: | ---: | ---: |',
       ...rows.map((row) => `| ${row.join(' | ')} |`),
     ].join('\n'),
   );

@@ -501,6 +501,6 @@ describeMpi(`under mpirun -np 2${'reason' in mpirun ? ` (SKIPPED: ${mpirun.reaso
       expect(method.communication.ranks).toBe(2);
       expect(method.communication.gradientBytesPerStep).toBeGreaterThan(4 * method.trainableParameters);
     }
-    expect(run.stdout).toMatch(/\| method +\|.*\| ranks \| gradients sent \/ step \| ms \/ step \|/);
+    expect(run.stdout).toMatch(/\| method +\|.*\| ranks \| gradients sent \/ step \| ms \/ step \(median\) \|/);
   });
 });

@@ -40,6 +40,8 @@ export interface TrainResult {
   batchLosses: number[];
   batchesPerEpoch: number;
   epochSeconds: number[];
+  /** Every optimiser step's wall-clock time (its median resists a busy machine better than a mean). */
+  stepSeconds: number[];
 }
 
 /** Images and labels of the digits at `indices` as tensors on `device`. */
@@ -92,6 +94,7 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
   });
   const batchLosses: number[] = [];
   const epochSeconds: number[] = [];
+  const stepSeconds: number[] = [];
   model.train();
   try {
     for (let epoch = 0; epoch < epochs; epoch++) {
@@ -99,12 +102,14 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
       const order = permutation(digits.count, seed, epoch + 1);
       const parts = distributed ? dist.shardBatches(order, { batchSize }) : null;
       for (let batch = 0; batch < batchesPerEpoch; batch++) {
+        const stepStart = performance.now();
         const indices = parts ? parts[batch].indices : order.subarray(batch * batchSize, (batch + 1) * batchSize);
         let loss = indices.length > 0 ? lossAndGradients(model, digits, indices, device) : 0;
         if (distributed) loss = averageOverRanks(params, indices.length, loss);
         optimizer.step();
         schedule.step();
         optimizer.zeroGrad();
+        stepSeconds.push((performance.now() - stepStart) / 1000);
         batchLosses.push(loss);
         onBatch?.(epoch, batch, loss);
       }
@@ -113,7 +118,7 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
   } finally {
     optimizer.dispose();
   }
-  return { batchLosses, batchesPerEpoch, epochSeconds };
+  return { batchLosses, batchesPerEpoch, epochSeconds, stepSeconds };
 }
 
 /** The fraction of `digits` the model classifies correctly. */
