@@ -402,6 +402,24 @@ describeMpi(`under mpirun -np 2${'reason' in mpirun ? ` (SKIPPED: ${mpirun.reaso
       expect(r.broadcast).toEqual([7, 1]);
       expect(r.asyncResult).toEqual([sum((k) => k + 2)]);
       expect(r.inFlight).toMatch(/barrier: allReduce is still in flight; await it first/);
+      // Rank r's gradient of a is (r + 1) [1, 2, -1] over r + 1 examples; b has one on rank 0 only; c none.
+      const a = [1, 2, -1];
+      expectAllClose(
+        r.plainMean[0],
+        a.map((v) => sum((k) => (k + 1) * v) / 2),
+        { what: 'plain mean of a' },
+      );
+      expectAllClose(r.plainMean[1], [4 / 2, 8 / 2], { what: 'plain mean of b' });
+      const examples = sum((k) => k + 1);
+      expectAllClose(
+        r.weightedMean[0],
+        a.map((v) => sum((k) => (k + 1) * (k + 1) * v) / examples),
+        {
+          what: 'weighted mean of a',
+        },
+      );
+      expectAllClose(r.weightedMean[1], [(1 * 4) / examples, (1 * 8) / examples], { what: 'weighted mean of b' });
+      expect([r.plainMean[2], r.weightedMean[2]]).toEqual([null, null]);
       expect(r.refusals).toEqual({
         notTensor: 'allReduce: item 1 is not a Tensor',
         badOp: "allReduce: op must be 'sum' or 'mean', got 'max'",

@@ -26,6 +26,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -299,8 +300,8 @@ Napi::Value runSync(Napi::Env env, const Prepared& prepared) {
 Napi::Value runAsync(Napi::Env env, Prepared prepared, Napi::Value keepAlive) {
   if (process.threadLevel < MPI_THREAD_SERIALIZED) {
     throw std::runtime_error(prepared.what +
-                             "Async: this MPI gives no MPI_THREAD_SERIALIZED support; use the "
-                             "synchronous call");
+                             " on a worker thread: this MPI gives no MPI_THREAD_SERIALIZED "
+                             "support; use the synchronous call");
   }
   auto busyFlag = std::make_shared<Busy>(prepared.what);
   auto* worker = new CallWorker(
@@ -314,8 +315,7 @@ std::string libraryVersion() {
   char text[MPI_MAX_LIBRARY_VERSION_STRING];
   int length = 0;
   MPI_Get_library_version(text, &length);
-  std::string version(text, size_t(length));
-  version.resize(version.find('\0') == std::string::npos ? version.size() : version.find('\0'));
+  std::string version(text, strnlen(text, size_t(length)));  // length may count the NUL
   const size_t end = version.find_last_not_of(" \n\r\t");
   version.erase(end == std::string::npos ? 0 : end + 1);
   const size_t newline = version.find('\n');

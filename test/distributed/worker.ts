@@ -78,14 +78,30 @@ function collectives(): Promise<void> {
     badRoot: errorOf(() => dist.broadcast(a, 2)),
     layout: errorOf(() => dist.allReduce(rank === 0 ? [a, b] : [a])),
   };
+  // Gradients on every rank (a), on rank 0 only (b), on none (c); rank r's loss averaged r + 1 examples.
+  const scale = rank + 1;
+  const params = [3, 2, 1].map((n) => new tera.nn.Parameter(tera.zeros([n])));
+  const setGradients = () => {
+    params[0].grad = tera.tensor(new Float32Array([scale, 2 * scale, -scale]));
+    params[1].grad = rank === 0 ? tera.tensor(new Float32Array([4, 8])) : null;
+    params[2].grad = null;
+  };
+  const gradients = () => params.map((p) => (p.grad === null ? null : Array.from(p.grad.toFloat32Array())));
+  setGradients();
+  dist.averageGradients(params);
+  const plainMean = gradients();
+  setGradients();
   const d = tera.tensor(new Float32Array([rank + 2]));
   const pending = dist.allReduceAsync(d);
   const inFlight = errorOf(() => dist.barrier());
   return pending
     .then(() => dist.broadcastAsync(d, 0))
     .then(() => dist.barrierAsync())
+    .then(() => dist.averageGradientsAsync(params, { count: scale }))
     .then(() => {
       write({
+        plainMean,
+        weightedMean: gradients(),
         sum,
         mean,
         broadcast,
