@@ -142,6 +142,12 @@ export type TuckerScaleGradArgs = [
   overwriteGradX: boolean,
 ];
 
+/** ncclAllReduce: in place on a CUDA tensor; a failure or the timeout aborts the communicator and throws. */
+export type NcclAllReduceArgs = [data: S, op: 'sum' | 'max' | 'min', timeoutSeconds: number];
+
+/** ncclBroadcast: in place on a CUDA tensor, from rank `root`. */
+export type NcclBroadcastArgs = [data: S, root: number, timeoutSeconds: number];
+
 export interface NativeBinding {
   /** The storage class every tensor lives in. */
   Storage: NativeStorageConstructor;
@@ -222,10 +228,47 @@ export interface NativeBinding {
     nesterov: boolean,
   ): void;
 
+  // Distributed training (lib/distributed): gradient buckets and the NCCL collectives.
+  /**
+   * bucket[offsets[i] ...] = scale * sources[i]. The bucket is a storage on the tensors'
+   * device or, for CPU tensors, a Float32Array (the host buffer MPI reduces in place).
+   */
+  packInto(bucket: S | Float32Array, sources: readonly S[], offsets: readonly number[], scale: number): void;
+  /** targets[i] = scale * bucket[offsets[i] ...]. */
+  unpackFrom(bucket: S | Float32Array, targets: readonly S[], offsets: readonly number[], scale: number): void;
+  /** Whether NCCL can be used here, and why not. */
+  ncclStatus(): NativeNcclStatus;
+  /** 128 bytes; rank 0 makes it and MPI broadcasts it. */
+  ncclUniqueId(): Uint8Array;
+  /** The PCI bus id of the GPU this process computes on. */
+  ncclDeviceBusId(): string;
+  /** Joins the communicator; blocks until every rank has called it. */
+  ncclInit(uniqueId: Uint8Array, rank: number, size: number): void;
+  /** Leaves the communicator. */
+  ncclDestroy(): void;
+  /** In place on a CUDA tensor; a failure or the timeout aborts the communicator and throws. */
+  ncclAllReduce(...args: NcclAllReduceArgs): void;
+  /** ncclAllReduce on a worker thread. */
+  ncclAllReduceAsync(...args: NcclAllReduceArgs): Promise<void>;
+  /** In place on a CUDA tensor, from rank `root`; a failure or the timeout aborts the communicator and throws. */
+  ncclBroadcast(...args: NcclBroadcastArgs): void;
+  /** ncclBroadcast on a worker thread. */
+  ncclBroadcastAsync(...args: NcclBroadcastArgs): Promise<void>;
+
   /** Threads for the CPU kernels and OpenBLAS, an integer in [1, 1024]; 0 restores the default. Throws, keeping the previous count, if a thread cannot be started. */
   setNumThreads(n: number): void;
   /** The CPU thread count in use. */
   getNumThreads(): number;
   /** What this binary is built with and which backends it can use. */
   backendInfo(): NativeBackendInfo;
+}
+
+/** Whether NCCL can be used here (a CUDA build, a GPU, and libnccl found at run time). */
+export interface NativeNcclStatus {
+  available: boolean;
+  reason?: string;
+  /** The libnccl file that was loaded. */
+  library?: string;
+  /** ncclGetVersion's code, e.g. 22105 for 2.21.5. */
+  version?: number;
 }

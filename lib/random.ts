@@ -87,6 +87,20 @@ export function uniform(shape: readonly number[], options: UniformOptions): Tens
   return filled(shape, options, 'uniform', options?.low ?? 0, options?.high ?? 1);
 }
 
+/**
+ * A permutation of 0..n-1 ordered by Philox uniforms under (seed, key): the same
+ * on every machine and in every process, so the ranks of a distributed job agree
+ * on an epoch's order without communicating.
+ */
+export function permutation(n: number, options: RandomOptions): Uint32Array {
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`permutation: n must be a non-negative integer, got ${n}`);
+  if (n === 0) return new Uint32Array(0);
+  const keys = uniform([n], { ...options, device: 'cpu' });
+  const values = keys.toFloat32Array();
+  keys.dispose();
+  return Uint32Array.from({ length: n }, (_, i) => i).sort((a, b) => values[a] - values[b] || a - b);
+}
+
 /** One raw Philox4x32-10 block (for known-answer checks). */
 export function philox4x32(counter: readonly number[], key: readonly number[]): number[] {
   return native().philox4x32([...counter], [...key]);

@@ -11,6 +11,9 @@ declare -A packages=(
   [make]=/usr/bin/make
   [libopenblas-dev]=/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h
   [clang-format]=/usr/bin/clang-format
+  # Open MPI: mpirun for the 2-rank tests, mpicc for tera.distributed's MPI binding.
+  [openmpi-bin]=/usr/bin/mpirun.openmpi
+  [libopenmpi-dev]=/usr/bin/mpicc.openmpi
 )
 missing=()
 for package in "${!packages[@]}"; do

@@ -308,10 +308,10 @@ describe('the npm package', () => {
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
-  it('ships dist/, binding.d.ts, prebuilds/, the native sources, CMakeLists.txt, README and LICENSE only', () => {
+  it('ships dist/, binding.d.ts, prebuilds/, the native sources (with the MPI binding), CMakeLists.txt, README and LICENSE only', () => {
     const files = pack.files.map((f) => f.path);
     const allowed =
-      /^(package\.json|README\.md|LICENSE|CMakeLists\.txt|binding\.d\.ts|scripts\/install\.mjs|dist\/.+\.(js|mjs|d\.ts|d\.mts|js\.map)|prebuilds\/[\w-]+\/[\w.-]+\.node|native\/(core|cpu|cuda|binding)\/[\w.]+\.(cc|cu|cuh|h))$/;
+      /^(package\.json|README\.md|LICENSE|CMakeLists\.txt|binding\.d\.ts|scripts\/install(-mpi)?\.mjs|dist\/.+\.(js|mjs|d\.ts|d\.mts|js\.map)|prebuilds\/[\w-]+\/[\w.-]+\.node|native\/(core|cpu|cuda|binding|distributed|mpi)\/[\w.]+\.(cc|cu|cuh|h)|native\/mpi\/(CMakeLists\.txt|package\.json))$/;
     expect(files.filter((file) => !allowed.test(file))).toEqual([]);
     for (const required of [
       'package.json',
@@ -326,6 +326,10 @@ describe('the npm package', () => {
       'dist/index.d.mts',
       'dist/native/loader.js',
       'native/binding/addon.cc',
+      'scripts/install-mpi.mjs',
+      'native/mpi/CMakeLists.txt',
+      'native/mpi/package.json',
+      'native/mpi/mpi_binding.cc',
     ]) {
       expect(files).toContain(required);
     }

@@ -31,6 +31,12 @@ export interface MethodLayer {
   addDeltaTo(weight: Tensor, sign: 1 | -1): void;
   /** Frozen tensors shared between layers, by file key, for configs that save them. */
   sharedTensors(): Record<string, Tensor>;
+  /**
+   * Every frozen tensor this layer's update uses (shared or its own), by file key,
+   * whatever the config saves; distributed training fingerprints them to check
+   * that every rank regenerated the same ones.
+   */
+  frozenTensors(): Record<string, Tensor>;
   /** Frees this layer's tensors and its share of the shared ones. */
   dispose(): void;
 }

@@ -1,5 +1,6 @@
 // Module entry: registers the Storage class, the kernels, thread control, the
-// Philox block function (for known-answer tests) and backendInfo().
+// Philox block function (for known-answer tests), backendInfo() and the NCCL
+// set-up functions of distributed training.
 #include <cblas.h>
 #include <napi.h>
 
@@ -12,6 +13,7 @@
 #include "core/errors.h"
 #include "core/philox.h"
 #include "cpu/thread_pool.h"
+#include "distributed/binding.h"
 
 namespace tera {
 namespace binding {
@@ -119,6 +121,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreads));
   exports.Set("philox4x32", Napi::Function::New(env, philox4x32));
   exports.Set("backendInfo", Napi::Function::New(env, backendInfo));
+  distributed::registerDistributed(env, exports);
   return exports;
 }
 

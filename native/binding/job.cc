@@ -41,20 +41,24 @@ uint64_t Arguments::bigUint(size_t i) const {
   return value;
 }
 
-std::vector<int64_t> Arguments::dims(size_t i) const {
-  if (!info_[i].IsArray()) throw Error(where(i) + " must be an array of dimensions");
+std::vector<int64_t> Arguments::integers(size_t i, int64_t minimum) const {
+  if (!info_[i].IsArray()) throw Error(where(i) + " must be an array of integers");
   Napi::Array array = info_[i].As<Napi::Array>();
-  std::vector<int64_t> dims(array.Length());
+  std::vector<int64_t> out(array.Length());
   for (uint32_t k = 0; k < array.Length(); ++k) {
     Napi::Value v = array.Get(k);
     const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (d != double(int64_t(d)) || d < 1 || d > double(kMaxElements)) {
-      throw Error(where(i) + "[" + std::to_string(k) + "] must be a positive integer");
+    if (d != double(int64_t(d)) || d < double(minimum) || d > double(kMaxElements)) {
+      throw Error(where(i) + "[" + std::to_string(k) + "] must be " +
+                  (minimum == 1 ? std::string("a positive integer")
+                                : "an integer >= " + std::to_string(minimum)));
     }
-    dims[k] = int64_t(d);
+    out[k] = int64_t(d);
   }
-  return dims;
+  return out;
 }
+
+std::vector<int64_t> Arguments::dims(size_t i) const { return integers(i, 1); }
 
 Storage* Arguments::storage(size_t i) const { return Storage::from(info_[i], where(i).c_str()); }
 

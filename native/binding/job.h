@@ -45,6 +45,8 @@ class Arguments {
   bool boolean(size_t i) const;
   std::string string(size_t i) const;
   uint64_t bigUint(size_t i) const;
+  // An array of integers, each in [minimum, 2^48].
+  std::vector<int64_t> integers(size_t i, int64_t minimum) const;
   // An array of positive integers, each at most 2^48.
   std::vector<int64_t> dims(size_t i) const;
   Storage* storage(size_t i) const;
@@ -92,6 +94,7 @@ std::vector<KernelEntry> matrixKernels();       // prepare_matrix.cc
 std::vector<KernelEntry> tuckerKernels();       // prepare_tucker.cc
 std::vector<KernelEntry> elementwiseKernels();  // prepare_elementwise.cc
 std::vector<KernelEntry> optimizerKernels();    // prepare_optimizer.cc
+std::vector<KernelEntry> distributedKernels();  // prepare_distributed.cc
 
 }  // namespace binding
 }  // namespace tera

@@ -19,6 +19,8 @@ export interface DemoOptions {
   /** Train on only the first N training digits (the test split is always complete). */
   trainLimit: number | undefined;
   outDir: string;
+  /** Data-parallel over the ranks of an mpirun job (tera.distributed). */
+  distributed: boolean;
   help: boolean;
 }
 
@@ -29,11 +31,15 @@ TeRA, VeRA and LoRA, and with full fine-tuning for reference.
 
   --methods LIST     comma-separated, from ${METHOD_NAMES.join(', ')} (default: all)
   --epochs N         training epochs per method (default 10)
-  --device D         cpu, cuda or auto (default auto: the GPU when one is usable)
+  --device D         cpu, cuda or auto (default auto: the GPU when one is usable;
+                     with --distributed the default is cpu, and cuda uses NCCL)
   --rotate DEG       rotation of the shifted task, degrees (default 90)
   --batch-size N     minibatch size (default 64)
   --train-limit N    use only the first N of the 8000 training digits
   --out DIR          where the table, loss curves and adapters go (default .cache/demo)
+  --distributed      train data-parallel over the ranks of an MPI job, e.g.
+                     mpirun -np 2 npm run demo -- --distributed
+                     (each rank trains on its part of every batch; rank 0 reports)
   --help             show this text`;
 
 function positiveInteger(value: string, flag: string): number {
@@ -48,11 +54,12 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
     options: {
       methods: { type: 'string', default: METHOD_NAMES.join(',') },
       epochs: { type: 'string', default: '10' },
-      device: { type: 'string', default: 'auto' },
+      device: { type: 'string' },
       rotate: { type: 'string', default: '90' },
       'batch-size': { type: 'string', default: '64' },
       'train-limit': { type: 'string' },
       out: { type: 'string', default: '.cache/demo' },
+      distributed: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -63,20 +70,26 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
   if (unknown.length > 0 || methods.length === 0) {
     throw new Error(`--methods: unknown method '${unknown.join(', ')}'; choose from ${METHOD_NAMES.join(', ')}`);
   }
-  if (!['cpu', 'cuda', 'auto'].includes(values.device)) {
-    throw new Error(`--device must be cpu, cuda or auto, got '${values.device}'`);
+  // The engine (MPI or NCCL) is chosen before CUDA may start, so a distributed run names its device.
+  const device = values.device ?? (values.distributed ? 'cpu' : 'auto');
+  if (!['cpu', 'cuda', 'auto'].includes(device)) {
+    throw new Error(`--device must be cpu, cuda or auto, got '${device}'`);
+  }
+  if (values.distributed && device === 'auto') {
+    throw new Error('--distributed needs --device cpu (MPI) or --device cuda (NCCL, one GPU per rank)');
   }
   const rotate = Number(values.rotate);
   if (!Number.isFinite(rotate)) throw new Error(`--rotate must be a number of degrees, got '${values.rotate}'`);
   return {
     methods: [...new Set(methods)] as MethodName[],
     epochs: positiveInteger(values.epochs, '--epochs'),
-    device: values.device as DeviceRequest,
+    device: device as DeviceRequest,
     rotate,
     batchSize: positiveInteger(values['batch-size'], '--batch-size'),
     trainLimit:
       values['train-limit'] === undefined ? undefined : positiveInteger(values['train-limit'], '--train-limit'),
     outDir: values.out,
+    distributed: values.distributed,
     help: values.help,
   };
 }

@@ -49,10 +49,7 @@ export function loadMnist(): Digits {
 
 /** A permutation of 0..n-1 from the Philox generator: the same on every machine. */
 export function permutation(n: number, seed: number, stream = 0): Uint32Array {
-  const keys = random.uniform([n], { seed, key: stream, device: 'cpu' });
-  const values = keys.toFloat32Array();
-  keys.dispose();
-  return Uint32Array.from({ length: n }, (_, i) => i).sort((a, b) => values[a] - values[b] || a - b);
+  return random.permutation(n, { seed, key: stream });
 }
 
 /** The digits at `indices`, in that order. */

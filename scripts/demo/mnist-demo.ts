@@ -3,6 +3,9 @@
  * digits (on which the frozen base does poorly) with TeRA, VeRA and LoRA, and
  * with full fine-tuning as the reference. Prints a results table and writes
  * it, the loss curves (SVG) and every adapter to the output folder.
+ * With --distributed under mpirun, every rank trains on its part of each batch
+ * and rank 0 evaluates, saves and reports, adding the bytes each rank sent per
+ * step and the time per step.
  * Flags: see USAGE in cli.ts (npm run demo -- --help).
  */
 import * as fs from 'node:fs';
@@ -14,6 +17,7 @@ import { SingleBar } from 'cli-progress';
 import {
   type Device,
   LoraConfig,
+  distributed as dist,
   TeraConfig,
   VeraConfig,
   injectAdapter,
@@ -92,6 +96,8 @@ export interface MethodResult {
   lossEnd: number;
   batchLosses: number[];
   batchesPerEpoch: number;
+  /** With --distributed: the job's size, what each rank sent per step, and the median time of a step. */
+  communication: { ranks: number; gradientBytesPerStep: number; bytesPerStep: number; msPerStep: number } | null;
 }
 
 export interface DemoResults {
@@ -130,23 +136,57 @@ function mean(values: readonly number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/** Saves the trained model, and measures the accuracy of the saved files applied to a fresh base. */
+function evaluate(
+  name: MethodName,
+  model: nn.MLP,
+  options: DemoOptions,
+  device: Device,
+  test: Digits,
+): { accuracyAfter: number; weightsFile: string } {
+  const method = METHODS[name];
+  const dir = path.join(options.outDir, 'adapters', name);
+  const weightsFile = method.save(model, dir);
+  const inMemory = accuracy(model, test, device);
+  // The reported accuracy is that of the saved files, applied to a fresh base.
+  const reloaded = loadBase(device);
+  method.load(reloaded, dir);
+  const accuracyAfter = accuracy(reloaded, test, device);
+  reloaded.dispose();
+  if (accuracyAfter !== inMemory) {
+    throw new Error(`${method.label}: accuracy ${inMemory} in memory but ${accuracyAfter} after reloading ${dir}`);
+  }
+  return { accuracyAfter, weightsFile };
+}
+
+/** Trains one method; returns its results (on rank 0 only when distributed). */
 function runMethod(
   name: MethodName,
   options: DemoOptions,
   device: Device,
   data: { train: Digits; test: Digits },
   accuracyBefore: number,
-): MethodResult {
+): MethodResult | null {
   const method = METHODS[name];
   const model = loadBase(device);
   const params = method.prepare(model);
   const trainableParameters = params.reduce((n, p) => n + p.size, 0);
   const batchesPerEpoch = Math.ceil(data.train.count / options.batchSize);
+  const reporting = !options.distributed || dist.rank() === 0;
+  if (options.distributed) {
+    dist.verifyModel(model); // every rank built the same model
+    dist.resetStats();
+  }
   const bar = new SingleBar({
     format: `${method.label.padEnd(16)} [{bar}] {percentage}% | epoch {epoch}/${options.epochs} | loss {loss} | {duration_formatted}`,
     hideCursor: true,
   });
-  bar.start(options.epochs * batchesPerEpoch, 0, { epoch: 1, loss: '-' });
+  if (reporting) bar.start(options.epochs * batchesPerEpoch, 0, { epoch: 1, loss: '-' });
   let result: TrainResult;
   try {
     // Stopped even on failure, so the terminal gets its cursor back.
@@ -156,24 +196,30 @@ function runMethod(
       lr: method.lr,
       device,
       seed: 1,
-      onBatch: (epoch, _batch, loss) => bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
+      onBatch: (epoch, _batch, loss) => reporting && bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
+      distributed: options.distributed,
     });
   } finally {
     bar.stop();
   }
-
-  const dir = path.join(options.outDir, 'adapters', name);
-  const weightsFile = method.save(model, dir);
-  const inMemory = accuracy(model, data.test, device);
-  model.dispose();
-  // The reported accuracy is that of the saved files, applied to a fresh base.
-  const reloaded = loadBase(device);
-  method.load(reloaded, dir);
-  const accuracyAfter = accuracy(reloaded, data.test, device);
-  reloaded.dispose();
-  if (accuracyAfter !== inMemory) {
-    throw new Error(`${method.label}: accuracy ${inMemory} in memory but ${accuracyAfter} after reloading ${dir}`);
+  let communication: MethodResult['communication'] = null;
+  if (options.distributed) {
+    const steps = options.epochs * batchesPerEpoch;
+    const stats = dist.stats();
+    const sent = Object.values(stats).reduce((n, s) => n + s.bytes, 0);
+    communication = {
+      ranks: dist.worldSize(),
+      gradientBytesPerStep: (stats.averageGradients?.bytes ?? 0) / steps,
+      bytesPerStep: sent / steps,
+      msPerStep: 1000 * median(result.stepSeconds),
+    };
+    dist.verifyModel(model); // the ranks stayed in step
   }
+  const saved = options.distributed
+    ? dist.onRank0(() => evaluate(name, model, options, device, data.test))
+    : evaluate(name, model, options, device, data.test);
+  model.dispose();
+  if (saved === undefined) return null;
 
   const tenth = Math.max(1, Math.floor(result.batchLosses.length / 10));
   return {
@@ -181,18 +227,20 @@ function runMethod(
     label: method.label,
     trainableParameters,
     accuracyBefore,
-    accuracyAfter,
+    accuracyAfter: saved.accuracyAfter,
     secondsPerEpoch: mean(result.epochSeconds),
-    weightsFile,
-    weightsBytes: fs.statSync(weightsFile).size,
+    weightsFile: saved.weightsFile,
+    weightsBytes: fs.statSync(saved.weightsFile).size,
     lossStart: mean(result.batchLosses.slice(0, tenth)),
     lossEnd: mean(result.batchLosses.slice(-tenth)),
     batchLosses: result.batchLosses,
     batchesPerEpoch: result.batchesPerEpoch,
+    communication,
   };
 }
 
 export function resultsTable(results: DemoResults): string {
+  const distributed = results.methods.some((r) => r.communication !== null);
   const rows = results.methods.map((r) => [
     r.label,
     r.trainableParameters.toLocaleString('en-US'),
@@ -200,11 +248,19 @@ export function resultsTable(results: DemoResults): string {
     formatPercent(r.accuracyAfter),
     r.secondsPerEpoch.toFixed(2),
     formatBytes(r.weightsBytes),
+    ...(r.communication === null
+      ? []
+      : [
+          String(r.communication.ranks),
+          formatBytes(r.communication.gradientBytesPerStep),
+          r.communication.msPerStep.toFixed(1),
+        ]),
   ]);
+  const extra = distributed ? ['ranks', 'gradients sent / step', 'ms / step (median)'] : [];
   return markdownTable(
-    ['method', 'trainable params', 'frozen base acc.', 'acc. after', 's / epoch', 'adapter file'],
+    ['method', 'trainable params', 'frozen base acc.', 'acc. after', 's / epoch', 'adapter file', ...extra],
     rows,
-    ['left', 'right', 'right', 'right', 'right', 'right'],
+    ['left', ...Array<string>(5 + extra.length).fill('right')],
   );
 }
 
@@ -233,6 +289,8 @@ function writeOutputs(results: DemoResults, outDir: string): void {
 /** Runs the whole demo; the smoke test calls this with small settings. */
 export function runDemo(options: DemoOptions, log: (line: string) => void = console.log): DemoResults {
   const started = performance.now();
+  const reporting = !options.distributed || dist.rank() === 0;
+  const say = reporting ? log : () => {};
   const device = resolveDevice(options.device);
   checkBaseWeights();
   const split = splitDigits(loadMnist());
@@ -243,13 +301,15 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
   const uprightBaseAccuracy = accuracy(base, split.test, device);
   const rotatedBaseAccuracy = accuracy(base, test, device);
   base.dispose();
-  log(
+  say(
     `base MLP: ${formatPercent(uprightBaseAccuracy)} on upright held-out digits, ` +
       `${formatPercent(rotatedBaseAccuracy)} on digits rotated ${options.rotate}° (${device}, ` +
       `${train.count} training / ${test.count} test digits)`,
   );
 
-  const methods = options.methods.map((name) => runMethod(name, options, device, { train, test }, rotatedBaseAccuracy));
+  const methods = options.methods
+    .map((name) => runMethod(name, options, device, { train, test }, rotatedBaseAccuracy))
+    .filter((r): r is MethodResult => r !== null);
   const results: DemoResults = {
     device,
     rotate: options.rotate,
@@ -260,11 +320,13 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
     methods,
     totalSeconds: 0,
   };
-  fs.mkdirSync(options.outDir, { recursive: true });
   results.totalSeconds = (performance.now() - started) / 1000;
-  writeOutputs(results, options.outDir);
-  log(`\n${resultsTable(results)}\n`);
-  log(`total ${results.totalSeconds.toFixed(1)} s; table, loss curves and adapters in ${options.outDir}/`);
+  if (reporting) {
+    fs.mkdirSync(options.outDir, { recursive: true });
+    writeOutputs(results, options.outDir);
+  }
+  say(`\n${resultsTable(results)}\n`);
+  say(`total ${results.totalSeconds.toFixed(1)} s; table, loss curves and adapters in ${options.outDir}/`);
   return results;
 }
 
@@ -281,7 +343,9 @@ function main(): void {
     return;
   }
   try {
+    if (options.distributed) dist.init({ engine: options.device === 'cuda' ? 'nccl' : 'mpi' });
     runDemo(options);
+    if (options.distributed) dist.finalize();
   } catch (error) {
     // Our errors name the problem and the fix; a stack trace would bury that.
     console.error(`demo: ${(error as Error).message}`);

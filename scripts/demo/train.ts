@@ -1,12 +1,15 @@
 /**
  * The base model and the one training loop that pretraining and every
  * adaptation method share: AdamW with a short warm-up and cosine decay,
- * minibatches in a fresh seeded order each epoch.
+ * minibatches in a fresh seeded order each epoch. Distributed, each rank of an
+ * MPI job trains on its part of every minibatch (tera.distributed.shardBatches)
+ * and the gradients are averaged before each step: the same minibatches and,
+ * to float32 rounding, the same updates as one process.
  */
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { type Device, type Tensor, autograd, kernels, nn, optim, tensor } from '../../lib';
+import { type Device, type Tensor, autograd, distributed as dist, kernels, nn, optim, tensor } from '../../lib';
 import { type Digits, IMAGE_SIZE, permutation } from './data';
 
 /** 784 -> 128 -> 64 -> 10 with ReLU: its Linear layers are named '0', '2' and '4'. */
@@ -28,6 +31,8 @@ export interface TrainOptions {
   seed: number;
   /** Called after every optimiser step with that batch's loss. */
   onBatch?: (epoch: number, batch: number, loss: number) => void;
+  /** Train on this rank's part of every batch (after tera.distributed.init()). */
+  distributed?: boolean;
 }
 
 export interface TrainResult {
@@ -35,6 +40,8 @@ export interface TrainResult {
   batchLosses: number[];
   batchesPerEpoch: number;
   epochSeconds: number[];
+  /** Every optimiser step's wall-clock time (its median resists a busy machine better than a mean). */
+  stepSeconds: number[];
 }
 
 /** Images and labels of the digits at `indices` as tensors on `device`. */
@@ -49,9 +56,34 @@ function batchTensors(digits: Digits, indices: ArrayLike<number>, device: Device
   return [tensor(images, [indices.length, IMAGE_SIZE], { device }), labels];
 }
 
+/** The mean loss over the digits at `indices`, with its gradients accumulated into the parameters. */
+function lossAndGradients(model: nn.Module, digits: Digits, indices: ArrayLike<number>, device: Device): number {
+  const [input, labels] = batchTensors(digits, indices, device);
+  const loss = autograd.tidy(() => {
+    const value = autograd.softmaxCrossEntropy(model.forward(input), labels);
+    value.backward();
+    return value.item();
+  });
+  input.dispose();
+  return loss;
+}
+
+/**
+ * Averages the gradients over the ranks, each weighted by its part of the batch
+ * (`count` digits), and returns the whole batch's mean loss.
+ */
+function averageOverRanks(params: nn.Parameter[], count: number, loss: number): number {
+  dist.averageGradients(params, { count });
+  const sums = tensor(new Float32Array([loss * count, count]));
+  dist.allReduce(sums);
+  const [lossSum, total] = sums.toFloat32Array();
+  sums.dispose();
+  return lossSum / total;
+}
+
 /** Trains `params` (the model's trainable parameters) to classify `digits`. */
 export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, options: TrainOptions): TrainResult {
-  const { epochs, batchSize, lr, device, seed, onBatch } = options;
+  const { epochs, batchSize, lr, device, seed, onBatch, distributed = false } = options;
   const batchesPerEpoch = Math.ceil(digits.count / batchSize);
   const totalSteps = epochs * batchesPerEpoch;
   // Weight decay would pull TeRA's and VeRA's scaling vectors towards 0, i.e. towards no update.
@@ -62,26 +94,22 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
   });
   const batchLosses: number[] = [];
   const epochSeconds: number[] = [];
+  const stepSeconds: number[] = [];
   model.train();
   try {
     for (let epoch = 0; epoch < epochs; epoch++) {
       const start = performance.now();
       const order = permutation(digits.count, seed, epoch + 1);
+      const parts = distributed ? dist.shardBatches(order, { batchSize }) : null;
       for (let batch = 0; batch < batchesPerEpoch; batch++) {
-        const [input, labels] = batchTensors(
-          digits,
-          order.subarray(batch * batchSize, (batch + 1) * batchSize),
-          device,
-        );
-        const loss = autograd.tidy(() => {
-          const value = autograd.softmaxCrossEntropy(model.forward(input), labels);
-          value.backward();
-          return value.item();
-        });
-        input.dispose();
+        const stepStart = performance.now();
+        const indices = parts ? parts[batch].indices : order.subarray(batch * batchSize, (batch + 1) * batchSize);
+        let loss = indices.length > 0 ? lossAndGradients(model, digits, indices, device) : 0;
+        if (distributed) loss = averageOverRanks(params, indices.length, loss);
         optimizer.step();
         schedule.step();
         optimizer.zeroGrad();
+        stepSeconds.push((performance.now() - stepStart) / 1000);
         batchLosses.push(loss);
         onBatch?.(epoch, batch, loss);
       }
@@ -90,7 +118,7 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
   } finally {
     optimizer.dispose();
   }
-  return { batchLosses, batchesPerEpoch, epochSeconds };
+  return { batchLosses, batchesPerEpoch, epochSeconds, stepSeconds };
 }
 
 /** The fraction of `digits` the model classifies correctly. */

@@ -34,6 +34,10 @@ export class LoraLayer implements MethodLayer {
     return {};
   }
 
+  frozenTensors(): Record<string, Tensor> {
+    return {};
+  }
+
   dispose(): void {
     for (const p of this.parameters.values()) p.dispose();
   }

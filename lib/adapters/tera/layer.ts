@@ -129,7 +129,10 @@ export class TeraLayer implements MethodLayer {
   }
 
   sharedTensors(): Record<string, Tensor> {
-    if (!this.#saveFactors) return {};
+    return this.#saveFactors ? this.frozenTensors() : {};
+  }
+
+  frozenTensors(): Record<string, Tensor> {
     const keys = factorKeys(this.shared.shape);
     return {
       [keys.core]: this.shared.core,

@@ -53,6 +53,10 @@ export class VeraLayer implements MethodLayer {
     return this.#projections.saved();
   }
 
+  frozenTensors(): Record<string, Tensor> {
+    return this.#projections.frozen();
+  }
+
   dispose(): void {
     for (const p of this.parameters.values()) p.dispose();
     this.#projections.release();

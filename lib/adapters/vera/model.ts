@@ -83,9 +83,14 @@ export class VeraProjections {
     return slice;
   }
 
+  /** The full A and B, by file key. */
+  frozen(): Record<string, Tensor> {
+    return { [VERA_A_KEY]: this.a, [VERA_B_KEY]: this.b };
+  }
+
   /** The tensors a file stores when saveProjection is set. */
   saved(): Record<string, Tensor> {
-    return this.#saveProjection ? { [VERA_A_KEY]: this.a, [VERA_B_KEY]: this.b } : {};
+    return this.#saveProjection ? this.frozen() : {};
   }
 }
 
