@@ -6,7 +6,7 @@ export type { TargetModules, TargetOptions, PeftType, Json, JsonObject } from '.
 export { TeraConfig, factorizeDimension, teraShape } from './tera/config';
 export type { TeraConfigOptions, TeraShape } from './tera/config';
 export { TeraLayer } from './tera/layer';
-export { sharedFactorCount, signatureName } from './tera/model';
+export { sharedFactorCount, signatureName } from './tera/factors';
 export { VeraConfig } from './vera/config';
 export { VeraLayer } from './vera/layer';
 export type { VeraConfigOptions } from './vera/config';
