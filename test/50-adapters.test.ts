@@ -188,6 +188,53 @@ describe('TeRA tensorisation', () => {
   });
 });
 
+describe('configs derived from one field table', () => {
+  const classes = [tera.TeraConfig, tera.VeraConfig, tera.LoraConfig];
+
+  it('writes every field under its JSON key with its default, and reads the same config back', () => {
+    for (const Config of classes) {
+      const config = new Config({ targetModules: ['q'] });
+      const json = config.toJson();
+      const fields: [string, adapters.FieldSpec<unknown>][] = Object.entries(Config.fields);
+      expect(new Set(fields.map(([, spec]) => spec.json)).size).toBe(fields.length);
+      for (const [name, spec] of fields) {
+        const value = (config as unknown as Record<string, unknown>)[name];
+        if ('default' in spec) expect([name, value]).toEqual([name, spec.default]);
+        expect([name, json[spec.json]]).toEqual([name, spec.toJson ? spec.toJson(value) : value]);
+        expect(spec.help.length).toBeGreaterThan(0);
+      }
+      expect(json.peft_type).toBe(config.peftType);
+      expect((Config as typeof tera.LoraConfig).fromJson(json)).toEqual(config);
+    }
+  });
+
+  it('reads non-default values back exactly', () => {
+    const teraConfig = new tera.TeraConfig({
+      targetModules: '.*proj',
+      excludeModules: ['x'],
+      maxModeSize: 8,
+      maxRank: 4,
+      outModes: [2, 3],
+      inModes: [6],
+      ranks: [2, 2, 3],
+      alpha: 0.25,
+      seed: 11,
+      saveFactors: true,
+    });
+    expect(tera.TeraConfig.fromJson(teraConfig.toJson())).toEqual(teraConfig);
+    const veraConfig = new tera.VeraConfig({
+      targetModules: ['a'],
+      r: 3,
+      dInitial: 0.5,
+      seed: 2,
+      saveProjection: true,
+    });
+    expect(tera.VeraConfig.fromJson(veraConfig.toJson())).toEqual(veraConfig);
+    const loraConfig = new tera.LoraConfig({ targetModules: ['a'], r: 3, alpha: 5, seed: 4 });
+    expect(tera.LoraConfig.fromJson(loraConfig.toJson())).toEqual(loraConfig);
+  });
+});
+
 class Block extends nn.Module {
   readonly q_proj = this.registerModule('q_proj', new nn.Linear(4, 4, { seed: 1 }));
   readonly v_proj = this.registerModule('v_proj', new nn.Linear(4, 4, { seed: 2 }));

@@ -1,8 +1,21 @@
 /**
- * What every adapter config shares: which modules it targets (PEFT's rules)
- * and the JSON helpers for adapter_config.json, whose field names follow PEFT
- * (snake_case) because that is the file format users already know.
+ * What every adapter config shares: which modules it targets (PEFT's rules),
+ * and the config class every method's config derives from its field table
+ * (fields.ts). adapter_config.json uses PEFT's snake_case names because that
+ * is the file format users already know.
  */
+import { describeValue } from '../shape';
+import {
+  type FieldOptions,
+  type FieldSpec,
+  type FieldValues,
+  type Fields,
+  type JsonObject,
+  type OptionalField,
+  fieldsFromJson,
+  fieldsToJson,
+  readFields,
+} from './fields';
 
 /**
  * Which modules to adapt, as in PEFT:
@@ -13,15 +26,6 @@
 export type TargetModules = readonly string[] | string | RegExp;
 
 export type PeftType = 'TERA' | 'VERA' | 'LORA';
-
-export interface TargetOptions {
-  targetModules: TargetModules;
-  /** Modules to leave alone even if targetModules matches them (same rules). */
-  excludeModules?: TargetModules | null;
-}
-
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-export type JsonObject = { [key: string]: Json };
 
 function normaliseTargets(value: unknown, what: string): TargetModules {
   if (value instanceof RegExp) {
@@ -45,13 +49,8 @@ function normaliseTargets(value: unknown, what: string): TargetModules {
     return Object.freeze([...value]);
   }
   throw new Error(
-    `${what} must be a non-empty list of module names, a regex string or a RegExp, got ${describe(value)}`,
+    `${what} must be a non-empty list of module names, a regex string or a RegExp, got ${describeValue(value)}`,
   );
-}
-
-function describe(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((v) => JSON.stringify(v)).join(', ')}]`;
-  return value === null ? 'null' : typeof value === 'object' ? 'an object' : JSON.stringify(value);
 }
 
 function fullMatch(pattern: string | RegExp, name: string): boolean {
@@ -77,76 +76,90 @@ export function randomStream(label: string): bigint {
   return hash;
 }
 
-export function checkInteger(value: unknown, what: string, min: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw new Error(`${what} must be an integer >= ${min}, got ${describe(value)}`);
-  }
-  return value;
-}
-
-export function checkSeed(value: unknown, what: string): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw new Error(`${what} must be a non-negative safe integer, got ${describe(value)}`);
-  }
-  return value;
-}
-
-export function checkFinite(value: unknown, what: string): number {
-  if (typeof value !== 'number' || !Number.isFinite(value)) throw new Error(`${what} must be a finite number`);
-  return value;
-}
-
-export function checkBoolean(value: unknown, what: string): boolean {
-  if (typeof value !== 'boolean') throw new Error(`${what} must be true or false, got ${describe(value)}`);
-  return value;
-}
-
-/** The fields every config has; subclasses add their method's fields. */
-export abstract class AdapterConfig {
-  abstract readonly peftType: PeftType;
-  readonly targetModules: TargetModules;
-  readonly excludeModules: TargetModules | null;
-
-  constructor(options: TargetOptions, what: string) {
-    if (options === null || typeof options !== 'object') throw new Error(`${what} needs an options object`);
-    this.targetModules = normaliseTargets(options.targetModules, `${what}: targetModules`);
-    this.excludeModules =
-      options.excludeModules === undefined || options.excludeModules === null
-        ? null
-        : normaliseTargets(options.excludeModules, `${what}: excludeModules`);
-  }
-
-  /** The adapter_config.json object (PEFT's field names). */
-  toJson(): JsonObject {
-    return {
-      peft_type: this.peftType,
-      target_modules: targetsToJson(this.targetModules),
-      exclude_modules: this.excludeModules === null ? null : targetsToJson(this.excludeModules),
-      base_model_name_or_path: null,
-      task_type: null,
-      inference_mode: true,
-      ...this.methodJson(),
-    };
-  }
-
-  protected abstract methodJson(): JsonObject;
-}
-
-function targetsToJson(spec: TargetModules): Json {
+function targetsToJson(spec: TargetModules): string | string[] {
   if (spec instanceof RegExp) return spec.source;
   return typeof spec === 'string' ? spec : [...spec];
 }
 
-/** Reads the target fields of adapter_config.json. */
-export function targetsFromJson(json: JsonObject): TargetOptions {
-  return {
-    targetModules: json.target_modules as TargetModules,
-    excludeModules: (json.exclude_modules ?? null) as TargetModules | null,
-  };
+/** The fields every config has: which modules to adapt, and which of those to leave alone. */
+const TARGET_FIELDS = {
+  targetModules: {
+    json: 'target_modules',
+    help: 'the modules to adapt: names (exact or dotted suffix), or a regex matching the whole name',
+    check: (value, what) => normaliseTargets(value, what),
+    toJson: targetsToJson,
+  } satisfies FieldSpec<TargetModules>,
+  excludeModules: {
+    json: 'exclude_modules',
+    default: null,
+    help: 'modules to leave alone even if targetModules matches them (same rules)',
+    check: (value, what) => (value === null ? null : normaliseTargets(value, what)),
+    toJson: (value) => (value === null ? null : targetsToJson(value)),
+  } satisfies OptionalField<TargetModules | null>,
+};
+
+/** Options every config takes. */
+export type TargetOptions = FieldOptions<typeof TARGET_FIELDS>;
+
+/** PEFT's own entries, written for PEFT's loader (we read none of them back). */
+const PEFT_BASE_JSON: JsonObject = { base_model_name_or_path: null, task_type: null, inference_mode: true };
+
+/** What configClass() attaches to each config class. */
+interface ConfigDescriptor {
+  readonly fields: Fields;
+  readonly constants: JsonObject;
 }
 
-/** Reads a field of adapter_config.json, using `fallback` when it is absent or null. */
-export function field<T>(json: JsonObject, key: string, fallback: T): T {
-  const value = json[key];
-  return value === undefined || value === null ? fallback : (value as T);
+/** Any adapter config (TeraConfig, VeraConfig, LoraConfig): plain data, validated when made. */
+export abstract class AdapterConfig {
+  declare readonly peftType: PeftType;
+  declare readonly targetModules: TargetModules;
+  declare readonly excludeModules: TargetModules | null;
+
+  /** The adapter_config.json object: PEFT's entries, then each field under its JSON key. */
+  toJson(): JsonObject {
+    const { fields, constants } = this.constructor as unknown as ConfigDescriptor;
+    const values = fieldsToJson(fields, this as unknown as FieldValues<Fields>);
+    const { target_modules, exclude_modules, ...method } = values;
+    return { peft_type: this.peftType, target_modules, exclude_modules, ...PEFT_BASE_JSON, ...constants, ...method };
+  }
+}
+
+/**
+ * The base class of one method's config, derived from its field table: the
+ * constructor fills in defaults and checks every field, toJson() writes them
+ * under their JSON keys (after PEFT's entries and `constants`, fixed entries
+ * PEFT expects), and fromJson() reads them back.
+ */
+export function configClass<P extends PeftType, F extends Fields>(
+  peftType: P,
+  name: string,
+  methodFields: F,
+  constants: JsonObject = {},
+) {
+  const fields = { ...TARGET_FIELDS, ...methodFields };
+  type AllFields = typeof fields;
+
+  class Config extends AdapterConfig {
+    static readonly fields: AllFields = fields;
+    static readonly constants: JsonObject = constants;
+    declare readonly peftType: P;
+
+    constructor(options: FieldOptions<AllFields>) {
+      super();
+      if (options === null || typeof options !== 'object') throw new Error(`${name} needs an options object`);
+      Object.assign(this, { peftType }, readFields(fields, options as Record<string, unknown>, name));
+    }
+
+    /** Reads adapter_config.json entries (absent or null ones take their defaults). */
+    static fromJson<T>(this: new (options: never) => T, json: JsonObject): T {
+      return new this(fieldsFromJson(fields, json) as never);
+    }
+  }
+  return Config as unknown as (new (
+    options: FieldOptions<AllFields>,
+  ) => AdapterConfig & FieldValues<AllFields> & { readonly peftType: P }) & {
+    readonly fields: AllFields;
+    fromJson<T>(this: new (options: never) => T, json: JsonObject): T;
+  };
 }

@@ -2,7 +2,8 @@
  * Adapters: TeRA, VeRA and LoRA on one injection mechanism, PEFT-style.
  */
 export { AdapterConfig, matchTargets } from './config';
-export type { TargetModules, TargetOptions, PeftType, Json, JsonObject } from './config';
+export type { TargetModules, TargetOptions, PeftType } from './config';
+export type { Json, JsonObject, FieldSpec } from './fields';
 export { TeraConfig, factorizeDimension, teraShape } from './tera/config';
 export type { TeraConfigOptions, TeraShape } from './tera/config';
 export { TeraLayer } from './tera/layer';

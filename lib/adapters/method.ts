@@ -9,7 +9,8 @@ import type { Var } from '../autograd/var';
 import type { Parameter } from '../autograd/var';
 import type { Linear } from '../nn/layers';
 import type { Tensor } from '../tensor/tensor';
-import type { AdapterConfig, JsonObject, PeftType } from './config';
+import type { AdapterConfig, PeftType } from './config';
+import type { JsonObject } from './fields';
 
 /** A tensor's key suffix in the adapter file ('lora_A.weight', 'tera_lambda_1') and shape. */
 export type TensorSpec = [suffix: string, shape: number[]];

@@ -2,63 +2,44 @@
  * LoRA (Hu et al.), as in PEFT: dW = (alpha / r) B A with A [r, in]
  * Kaiming-uniform and B [out, r] zero, both trainable.
  */
-import {
-  AdapterConfig,
-  type JsonObject,
-  type TargetOptions,
-  checkFinite,
-  checkInteger,
-  checkSeed,
-  field,
-  targetsFromJson,
-} from '../config';
+import { configClass } from '../config';
+import { type OptionalField, checkFinite, checkInteger, checkSeed } from '../fields';
 
-export interface LoraConfigOptions extends TargetOptions {
-  /** The rank (default 8, as PEFT). */
-  r?: number;
-  /** The scaling numerator: dW is multiplied by alpha / r (default 8, as PEFT's lora_alpha). */
-  alpha?: number;
-  /** Seeds the Kaiming-uniform initialisation of A (default 0). */
-  seed?: number;
-}
+const LORA_FIELDS = {
+  r: {
+    json: 'r',
+    default: 8,
+    help: 'the rank (as PEFT)',
+    check: (value, what) => checkInteger(value, what, 1),
+  } satisfies OptionalField<number>,
+  alpha: {
+    json: 'lora_alpha',
+    default: 8,
+    help: "the scaling numerator: dW is multiplied by alpha / r (PEFT's lora_alpha)",
+    check: checkFinite,
+  } satisfies OptionalField<number>,
+  seed: {
+    json: 'seed',
+    default: 0,
+    help: 'seeds the Kaiming-uniform initialisation of A',
+    check: checkSeed,
+  } satisfies OptionalField<number>,
+};
 
-export class LoraConfig extends AdapterConfig {
-  readonly peftType = 'LORA' as const;
-  readonly r: number;
-  readonly alpha: number;
-  readonly seed: number;
+/** What PEFT's loader expects besides our fields: the only values we implement. */
+const PEFT_CONSTANTS = {
+  lora_dropout: 0,
+  bias: 'none',
+  fan_in_fan_out: false,
+  init_lora_weights: true,
+  use_rslora: false,
+};
 
-  constructor(options: LoraConfigOptions) {
-    super(options, 'LoraConfig');
-    this.r = checkInteger(options.r ?? 8, 'LoraConfig: r', 1);
-    this.alpha = checkFinite(options.alpha ?? 8, 'LoraConfig: alpha');
-    this.seed = checkSeed(options.seed ?? 0, 'LoraConfig: seed');
-  }
-
+export class LoraConfig extends configClass('LORA', 'LoraConfig', LORA_FIELDS, PEFT_CONSTANTS) {
   /** The factor alpha / r applied to B A. */
   get scaling(): number {
     return this.alpha / this.r;
   }
-
-  protected methodJson(): JsonObject {
-    return {
-      r: this.r,
-      lora_alpha: this.alpha,
-      lora_dropout: 0,
-      bias: 'none',
-      fan_in_fan_out: false,
-      init_lora_weights: true,
-      use_rslora: false,
-      seed: this.seed,
-    };
-  }
-
-  static fromJson(json: JsonObject): LoraConfig {
-    return new LoraConfig({
-      ...targetsFromJson(json),
-      r: field(json, 'r', 8),
-      alpha: field(json, 'lora_alpha', 8),
-      seed: field(json, 'seed', 0),
-    });
-  }
 }
+
+export type LoraConfigOptions = ConstructorParameters<typeof LoraConfig>[0];

@@ -3,67 +3,39 @@
  * with A [r, in] and B [out, r] frozen, random, shared by all adapted layers;
  * only lambda_b [out] (init 0) and lambda_d [r] (init dInitial) train.
  */
-import {
-  AdapterConfig,
-  type JsonObject,
-  type TargetOptions,
-  checkBoolean,
-  checkFinite,
-  checkInteger,
-  checkSeed,
-  field,
-  targetsFromJson,
-} from '../config';
+import { configClass } from '../config';
+import { type OptionalField, checkBoolean, checkFinite, checkInteger, checkSeed } from '../fields';
 
-export interface VeraConfigOptions extends TargetOptions {
-  /** The rank of the shared projections (default 256, as PEFT). */
-  r?: number;
-  /** The initial value of every lambda_d entry (default 0.1, PEFT's d_initial). */
-  dInitial?: number;
-  /** Seeds the shared projections (PEFT's projection_prng_key; default 0). */
-  seed?: number;
-  /**
-   * Store the shared A and B in the adapter file (default false). PEFT defaults
-   * to true because torch's generator differs across platforms; ours does not,
-   * so the projections regenerate bit-exactly from the seed.
-   */
-  saveProjection?: boolean;
-}
+const VERA_FIELDS = {
+  r: {
+    json: 'r',
+    default: 256,
+    help: 'the rank of the shared projections (as PEFT)',
+    check: (value, what) => checkInteger(value, what, 1),
+  } satisfies OptionalField<number>,
+  dInitial: {
+    json: 'd_initial',
+    default: 0.1,
+    help: "the initial value of every lambda_d entry (PEFT's d_initial)",
+    check: checkFinite,
+  } satisfies OptionalField<number>,
+  seed: {
+    json: 'projection_prng_key',
+    default: 0,
+    help: "seeds the shared projections (PEFT's projection_prng_key)",
+    check: checkSeed,
+  } satisfies OptionalField<number>,
+  saveProjection: {
+    json: 'save_projection',
+    default: false,
+    help: 'store the shared A and B in the adapter file (they regenerate bit-exactly from the seed)',
+    check: checkBoolean,
+  } satisfies OptionalField<boolean>,
+};
 
-export class VeraConfig extends AdapterConfig {
-  readonly peftType = 'VERA' as const;
-  readonly r: number;
-  readonly dInitial: number;
-  readonly seed: number;
-  readonly saveProjection: boolean;
+/** What PEFT's loader expects besides our fields: the only values we implement. */
+const PEFT_CONSTANTS = { vera_dropout: 0, bias: 'none', fan_in_fan_out: false };
 
-  constructor(options: VeraConfigOptions) {
-    super(options, 'VeraConfig');
-    this.r = checkInteger(options.r ?? 256, 'VeraConfig: r', 1);
-    this.dInitial = checkFinite(options.dInitial ?? 0.1, 'VeraConfig: dInitial');
-    this.seed = checkSeed(options.seed ?? 0, 'VeraConfig: seed');
-    this.saveProjection = checkBoolean(options.saveProjection ?? false, 'VeraConfig: saveProjection');
-  }
+export class VeraConfig extends configClass('VERA', 'VeraConfig', VERA_FIELDS, PEFT_CONSTANTS) {}
 
-  protected methodJson(): JsonObject {
-    return {
-      r: this.r,
-      d_initial: this.dInitial,
-      projection_prng_key: this.seed,
-      save_projection: this.saveProjection,
-      vera_dropout: 0,
-      bias: 'none',
-      fan_in_fan_out: false,
-    };
-  }
-
-  static fromJson(json: JsonObject): VeraConfig {
-    return new VeraConfig({
-      ...targetsFromJson(json),
-      r: field(json, 'r', 256),
-      dInitial: field(json, 'd_initial', 0.1),
-      seed: field(json, 'projection_prng_key', 0),
-      saveProjection: field(json, 'save_projection', false),
-    });
-  }
-}
+export type VeraConfigOptions = ConstructorParameters<typeof VeraConfig>[0];

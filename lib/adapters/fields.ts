@@ -1,0 +1,126 @@
+/**
+ * Config fields declared once, as PEFT's dataclasses do: each field names its
+ * option (the key of the table), its adapter_config.json key, its default, its
+ * check and a line of help. The constructor's defaults and checks, the JSON
+ * writer and the JSON reader are all derived from the table, so they cannot
+ * drift apart.
+ */
+import { describeValue } from '../shape';
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type JsonObject = { [key: string]: Json };
+
+/** One option of a config. `T` is the stored value, `I` what a caller may pass. */
+export interface FieldSpec<T, I = T> {
+  /** Its key in adapter_config.json (PEFT's name where PEFT has the option). */
+  readonly json: string;
+  /** One line saying what it does, for error messages and docs. */
+  readonly help: string;
+  /** Validates a given value (or the default) and returns the stored form; `what` names it in errors. */
+  check(value: unknown, what: string): T;
+  /** Its JSON form (default: the stored value itself). */
+  toJson?(value: T): Json;
+  /** Phantom member carrying the caller's type `I`; never set. */
+  readonly input?: I;
+}
+
+/** A field with a default: the option may be left out (undefined or null). */
+export interface OptionalField<T, I = T> extends FieldSpec<T, I> {
+  readonly default: T;
+}
+
+export type Fields = Record<string, FieldSpec<unknown, unknown>>;
+
+type InputOf<S> = S extends FieldSpec<unknown, infer I> ? I : never;
+type ValueOf<S> = S extends FieldSpec<infer T, unknown> ? T : never;
+
+/** The options object a constructor takes: fields without a default are required. */
+export type FieldOptions<F extends Fields> = {
+  [K in keyof F as F[K] extends OptionalField<unknown, unknown> ? never : K]: InputOf<F[K]>;
+} & {
+  [K in keyof F as F[K] extends OptionalField<unknown, unknown> ? K : never]?: InputOf<F[K]> | null;
+};
+
+/** The values a config holds, one readonly property per field. */
+export type FieldValues<F extends Fields> = { readonly [K in keyof F]: ValueOf<F[K]> };
+
+function hasDefault(spec: FieldSpec<unknown, unknown>): spec is OptionalField<unknown, unknown> {
+  return 'default' in spec;
+}
+
+/** Checks every field of `options` (defaults filled in) and returns the values; `what` prefixes errors. */
+export function readFields<F extends Fields>(
+  fields: F,
+  options: Record<string, unknown>,
+  what: string,
+): FieldValues<F> {
+  const values: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(fields)) {
+    const given = options[name];
+    const value = (given === undefined || given === null) && hasDefault(spec) ? spec.default : given;
+    values[name] = spec.check(value, `${what}: ${name}`);
+  }
+  return values as FieldValues<F>;
+}
+
+/** The adapter_config.json entries of checked values. */
+export function fieldsToJson<F extends Fields>(fields: F, values: FieldValues<F>): JsonObject {
+  const out: JsonObject = {};
+  for (const [name, spec] of Object.entries(fields)) {
+    const value = values[name as keyof F];
+    out[spec.json] = spec.toJson ? spec.toJson(value) : (value as Json);
+  }
+  return out;
+}
+
+/** Constructor options from adapter_config.json entries (absent keys stay absent, so defaults apply). */
+export function fieldsFromJson<F extends Fields>(fields: F, json: JsonObject): Record<string, unknown> {
+  const options: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(fields)) {
+    if (Object.hasOwn(json, spec.json)) options[name] = json[spec.json];
+  }
+  return options;
+}
+
+// The checks fields use.
+
+export function checkInteger(value: unknown, what: string, min: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
+    throw new Error(`${what} must be an integer >= ${min}, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
+export function checkSeed(value: unknown, what: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new Error(`${what} must be a non-negative safe integer, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
+export function checkFinite(value: unknown, what: string): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    throw new Error(`${what} must be a finite number, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
+export function checkBoolean(value: unknown, what: string): boolean {
+  if (typeof value !== 'boolean') throw new Error(`${what} must be true or false, got ${describeValue(value)}`);
+  return value;
+}
+
+/** A list of positive integers, frozen, or null. */
+export function checkDims(value: unknown, what: string): readonly number[] | null {
+  if (value === null) return null;
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new Error(`${what} must be a non-empty array of integers, got ${describeValue(value)}`);
+  }
+  value.forEach((d, i) => checkInteger(d, `${what}[${i}]`, 1));
+  return Object.freeze([...value]);
+}
+
+/** JSON form of a frozen list (or null). */
+export function dimsToJson(value: readonly number[] | null): Json {
+  return value === null ? null : [...value];
+}
