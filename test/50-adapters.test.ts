@@ -7,75 +7,25 @@
 import * as tera from '../lib';
 import { autograd as ag, adapters, nn } from '../lib';
 import { native } from '../lib/native/loader';
-import { gemm as gemm64, randomArray, reconstruct, rng } from './helpers/reference';
+import { METHOD_CASES, type ValueOf, effectiveWeight64, f64 } from './helpers/methods';
+import { gemm as gemm64, randomArray, rng } from './helpers/reference';
 import { expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
 
 const next = rng(50);
 type Var = tera.autograd.Var;
-
-function f64(t: tera.Tensor | Var): Float64Array {
-  return Float64Array.from(t.toFloat32Array());
-}
 
 /** Sets every parameter of `layer`'s adapters to random values in [-1, 1). */
 function randomise(params: tera.nn.Parameter[]): void {
   for (const p of params) p.data.set(randomArray(p.size, next));
 }
 
-/**
- * W0 + dW of an adapted layer, in float64, from the definitions (tera-math.md),
- * reading parameter values through `value` so finite differences can perturb them.
- */
-function effectiveWeight64(
-  layer: tera.adapters.AdapterLinear,
-  value: (p: tera.nn.Parameter) => Float64Array,
-): Float64Array {
-  const { outFeatures: out, inFeatures: inp } = layer;
-  const w = value(layer.baseLayer.weight).slice();
-  const name = layer.activeAdapters.find((n) => !layer.mergedAdapters.includes(n));
-  if (name === undefined) return w;
-  const adapter = layer.adapter(name)!;
-  let dW: Float64Array;
-  if (adapter instanceof adapters.TeraLayer) {
-    const { core, factors, shape } = adapter.shared;
-    dW = reconstruct(
-      f64(core),
-      shape.modes,
-      shape.ranks,
-      factors.map(f64),
-      adapter.lambdas.map((l) => value(l)),
-      adapter.alpha,
-    ).value;
-  } else if (adapter instanceof adapters.VeraLayer) {
-    const a = f64(adapter.projectionA);
-    const b = f64(adapter.projectionB);
-    const lb = value(adapter.parameters.get('vera_lambda_b')!);
-    const ld = value(adapter.parameters.get('vera_lambda_d')!);
-    const r = ld.length;
-    const bScaled = b.map((v, i) => v * lb[Math.floor(i / r)] * ld[i % r]);
-    dW = gemm64(bScaled, a, out, inp, r, false, false, 1, 0, null).value;
-  } else if (adapter instanceof adapters.LoraLayer) {
-    const a = value(adapter.parameters.get('lora_A.weight')!);
-    const b = value(adapter.parameters.get('lora_B.weight')!);
-    dW = gemm64(b, a, out, inp, a.length / inp, false, false, adapter.scaling, 0, null).value;
-  } else {
-    throw new Error('unknown adapter layer');
-  }
-  return w.map((v, i) => v + dW[i]);
-}
-
 /** The model's forward in float64: adapted or plain Linear layers with tanh between (MLP layout). */
-function forward64(
-  peft: tera.PeftModel,
-  x: Float64Array,
-  rows: number,
-  value: (p: tera.nn.Parameter) => Float64Array,
-): Float64Array {
+function forward64(peft: tera.PeftModel, x: Float64Array, rows: number, value: ValueOf): Float64Array {
   const layers = peft.model.namedChildren().filter(([, m]) => !(m instanceof nn.Tanh));
   let h = x;
   layers.forEach(([, m], i) => {
     const linear = m instanceof adapters.AdapterLinear ? m.baseLayer : (m as tera.nn.Linear);
-    const w = m instanceof adapters.AdapterLinear ? effectiveWeight64(m, value) : value(linear.weight);
+    const w = m instanceof adapters.AdapterLinear ? effectiveWeight64(peft, m, value) : value(linear.weight);
     const b = value(linear.bias!);
     const out = linear.outFeatures;
     h = gemm64(h, w, rows, out, linear.inFeatures, false, true, 1, 0, null).value.map((v, k) => v + b[k % out]);
@@ -101,7 +51,7 @@ function checkGradients(peft: tera.PeftModel, inFeatures: number, rows: number):
 
   const weights = randomArray(y.size, next);
   y.backward(tera.tensor(weights, y.shape));
-  const loss = (xv: Float64Array, value: (p: tera.nn.Parameter) => Float64Array) =>
+  const loss = (xv: Float64Array, value: ValueOf) =>
     forward64(peft, xv, rows, value).reduce((s, v, i) => s + v * weights[i], 0);
   const h = 1e-6;
   const compare = (what: string, analytic: Float32Array, probe: (i: number, delta: number) => number) => {
@@ -306,14 +256,9 @@ describe('target matching (PEFT rules)', () => {
 });
 
 describe('gradients against float64 finite differences', () => {
-  const methods: [string, () => tera.adapters.AdapterConfig][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0'], alpha: 0.7, seed: 3 })],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0'], r: 3, seed: 3 })],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0'], r: 2, alpha: 3 })],
-  ];
-  for (const [label, config] of methods) {
-    it(`${label} on one Linear: at initialisation, at random adapter values, with a trainable base`, () => {
-      const peft = inject(baseMlp([6, 4]), config());
+  for (const method of METHOD_CASES) {
+    it(`${method.name} on one Linear: at initialisation, at random adapter values, with a trainable base`, () => {
+      const peft = inject(baseMlp([6, 4]), method.config(['0']));
       checkGradients(peft, 6, 3);
       randomise(peft.trainableParameters());
       checkGradients(peft, 6, 3);
@@ -356,18 +301,13 @@ describe('gradients against float64 finite differences', () => {
 });
 
 describe('merge, unmerge, disable', () => {
-  const configs: [string, () => tera.adapters.AdapterConfig][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0', '2'] })],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0', '2'], r: 4 })],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0', '2'], r: 4 })],
-  ];
   const x = tera.tensor(randomArray(5 * 12, next), [5, 12]);
 
-  for (const [label, config] of configs) {
-    it(`${label}: starts at the base output, disables to it exactly, merges, and unmerges to W0`, () => {
+  for (const method of METHOD_CASES) {
+    it(`${method.name}: starts at the base output, disables to it exactly, merges, and unmerges to W0`, () => {
       const reference = baseMlp([12, 16, 6]);
       const base = reference.forward(x).toFloat32Array();
-      const peft = inject(baseMlp([12, 16, 6]), config());
+      const peft = inject(baseMlp([12, 16, 6]), method.config(['0', '2']));
       expect(peft.forward(x).toFloat32Array()).toEqual(base); // dW = 0 exactly at initialisation
 
       randomise(peft.trainableParameters());
@@ -376,7 +316,7 @@ describe('merge, unmerge, disable', () => {
       expectDiffer(adapted, base, 1e-2);
       expect(peft.disableAdapters(() => peft.forward(x).toFloat32Array())).toEqual(base);
       expect(peft.forward(x).toFloat32Array()).toEqual(adapted);
-      const expectedMerged = peft.adapterLayers().map(([, l]) => effectiveWeight64(l, f64));
+      const expectedMerged = peft.adapterLayers().map(([, l]) => effectiveWeight64(peft, l, f64));
 
       peft.mergeAdapter();
       expect(peft.merged).toBe(true);
@@ -548,17 +488,12 @@ describe('training', () => {
     });
   })();
 
-  const cases: [string, () => tera.adapters.AdapterConfig, number][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0', '2'] }), 0.05],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0', '2'], r: 16 }), 0.05],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0', '2'], r: 4 }), 0.02],
-  ];
-  for (const [label, config, lr] of cases) {
-    it(`${label} lowers the loss of a frozen MLP on a shifted task`, () => {
-      const peft = inject(baseMlp([8, 16, 4]), config());
+  for (const method of METHOD_CASES) {
+    it(`${method.name} lowers the loss of a frozen MLP on a shifted task`, () => {
+      const peft = inject(baseMlp([8, 16, 4]), method.config(['0', '2']));
       const frozen = peft.parameters().filter((p) => !p.requiresGrad);
       const frozenBefore = frozen.map((p) => Array.from(p.toFloat32Array()));
-      const opt = new tera.AdamW(peft.trainableParameters(), { lr, weightDecay: 0 });
+      const opt = new tera.AdamW(peft.trainableParameters(), { lr: method.lr, weightDecay: 0 });
       const losses: number[] = [];
       for (let step = 0; step < 60; step++) {
         losses.push(

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 
 import * as tera from '../lib';
 import { adapters, io, nn } from '../lib';
+import { METHOD_CASES } from './helpers/methods';
 import { randomArray, rng } from './helpers/reference';
 
 const next = rng(65);
@@ -178,25 +179,20 @@ describe('saving', () => {
 });
 
 describe('loading', () => {
-  const methods: [string, () => tera.adapters.AdapterConfig][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0', '2'], alpha: 0.5, seed: 3 })],
-    ['TeRA with saved factors', () => new tera.TeraConfig({ targetModules: ['0', '2'], saveFactors: true })],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0', '2'], r: 8 })],
-    ['VeRA with saved projections', () => new tera.VeraConfig({ targetModules: '[02]', r: 8, saveProjection: true })],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0', '2'], r: 4, alpha: 2 })],
-  ];
-  for (const [label, config] of methods) {
-    it(`${label}: save -> load into a fresh model reproduces the outputs`, () => {
-      const saved = savedAdapter(config());
-      const fresh = baseModel();
-      expect(fresh.forward(x).toFloat32Array()).not.toEqual(saved.output);
-      const loaded = tera.loadAdapter(fresh, saved.dir);
-      expect(loaded.forward(x).toFloat32Array()).toEqual(saved.output);
-      expect(loaded.trainableParameters()).toHaveLength(0); // loaded for inference, as PEFT's default
-      const trainable = tera.loadAdapter(baseModel(), saved.dir, { adapterName: 'tuned', isTrainable: true });
-      expect(trainable.activeAdapter).toBe('tuned');
-      expect(trainable.trainableParameters().length).toBe(saved.peft.trainableParameters().length);
-      [saved.peft, loaded, trainable].forEach((p) => p.unload());
+  for (const method of METHOD_CASES) {
+    it(`${method.name}: save -> load into a fresh model reproduces the outputs (list and regex targets)`, () => {
+      for (const targets of [['0', '2'], '[02]']) {
+        const saved = savedAdapter(method.config(targets));
+        const fresh = baseModel();
+        expect(fresh.forward(x).toFloat32Array()).not.toEqual(saved.output);
+        const loaded = tera.loadAdapter(fresh, saved.dir);
+        expect(loaded.forward(x).toFloat32Array()).toEqual(saved.output);
+        expect(loaded.trainableParameters()).toHaveLength(0); // loaded for inference, as PEFT's default
+        const trainable = tera.loadAdapter(baseModel(), saved.dir, { adapterName: 'tuned', isTrainable: true });
+        expect(trainable.activeAdapter).toBe('tuned');
+        expect(trainable.trainableParameters().length).toBe(saved.peft.trainableParameters().length);
+        [saved.peft, loaded, trainable].forEach((p) => p.unload());
+      }
     });
   }
 
