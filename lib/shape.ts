@@ -24,3 +24,20 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'function') return 'a function';
   return (value as object).constructor?.name ?? 'Object';
 }
+
+/**
+ * m, n, k of C [m, n] = op(A) op(B) for matrices A and B (op transposes when
+ * asked); throws, naming `op`, when the inner dimensions differ.
+ */
+export function gemmDims(
+  op: string,
+  a: readonly number[],
+  b: readonly number[],
+  transA: boolean,
+  transB: boolean,
+): { m: number; n: number; k: number } {
+  const [m, k] = transA ? [a[1], a[0]] : [a[0], a[1]];
+  const [kb, n] = transB ? [b[1], b[0]] : [b[0], b[1]];
+  if (k !== kb) throw new Error(`${op}: inner dimensions differ: op(a) is [${m}, ${k}] and op(b) is [${kb}, ${n}]`);
+  return { m, n, k };
+}

@@ -176,7 +176,7 @@ describe('readSafetensors refuses malformed files', () => {
     ['a huge header length', () => rawFile('huge', '{}', undefined, 1n << 60n), /exceeds the 100000000-byte limit/],
     ['a header that is not UTF-8', () => writeHeaderBytes('utf', Buffer.from([0x7b, 0xff, 0x7d])), /not valid UTF-8/],
     ['malformed JSON', () => rawFile('json', '{"a": {"dtype": "F32",'), /not valid JSON/],
-    ['a header that is an array', () => rawFile('arr', '[]'), /must be a JSON object, got an array/],
+    ['a header that is an array', () => rawFile('arr', '[]'), /must be a JSON object, got Array\(0\)/],
     ['metadata that is not an object', () => rawFile('m1', { __metadata__: 'x' }), /"__metadata__" must be an object/],
     [
       'metadata with a number',
@@ -252,7 +252,7 @@ describe('writeSafetensors refuses bad input and leaves the old file', () => {
       'data that is not float32',
       { w: { data: [1, 2], shape: [2] } },
       undefined,
-      /data as a Float32Array, got an array/,
+      /data as a Float32Array, got Array\(2\)/,
     ],
     ['a negative dimension', { w: { data: new Float32Array(0), shape: [-1] } }, undefined, /dimension -1/],
     ['the reserved name', { __metadata__: new Float32Array(1) }, undefined, /reserved for metadata/],

@@ -14,7 +14,8 @@ import * as path from 'node:path';
 import { writeFileAtomic } from '../io/atomic';
 import { type LoadedTensor, readSafetensors, writeSafetensors } from '../io/safetensors';
 import { Module } from '../nn/module';
-import { type Tensor, formatShape } from '../tensor/tensor';
+import { formatShape, sameShape } from '../shape';
+import type { Tensor } from '../tensor/tensor';
 import type { PeftType } from './config';
 import type { JsonObject } from './fields';
 import { type InjectionPlan, METHODS, adapterLayers, adapterState, attachAdapter, planInjection } from './inject';
@@ -118,7 +119,7 @@ function fileProblems(plan: InjectionPlan, tensors: Record<string, LoadedTensor>
     const t = tensors[key];
     if (t === undefined) problems.push(`missing tensor '${key}'`);
     else if (t.dtype !== 'F32') problems.push(`'${key}' is ${t.dtype}; adapters are stored as F32`);
-    else if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    else if (!sameShape(t.shape, shape)) {
       problems.push(`'${key}' has shape ${formatShape(t.shape)}, this model needs ${formatShape(shape)}`);
     }
   }

@@ -4,12 +4,13 @@
  * runs the native kernel. The *Async variants run off the main thread.
  */
 import { native } from '../native/loader';
-import { Tensor, formatShape, zeros } from '../tensor/tensor';
+import { describeValue, formatShape, gemmDims, sameShape } from '../shape';
+import { Tensor, zeros } from '../tensor/tensor';
 
 const MAX_ORDER = 8;
 
 function live(t: unknown, what: string): Tensor {
-  if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${t === null ? 'null' : typeof t}`);
+  if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${describeValue(t)}`);
   if (t.disposed) throw new Error(`${what} ${formatShape(t.shape)} has been disposed`);
   return t;
 }
@@ -198,7 +199,7 @@ export async function modeProductAsync(
 function prepareScaleGrad(gradX: Tensor, core: Tensor, factors: readonly Tensor[], scales: readonly (Tensor | null)[]) {
   const parts = tuckerParts('tuckerScaleGrad', core, factors, scales);
   live(gradX, 'tuckerScaleGrad: gradX');
-  if (gradX.shape.length !== parts.modes.length || gradX.shape.some((d, n) => d !== parts.modes[n])) {
+  if (!sameShape(gradX.shape, parts.modes)) {
     throw new Error(
       `tuckerScaleGrad: gradX has shape ${formatShape(gradX.shape)} but the factors give ${formatShape(parts.modes)}`,
     );
@@ -259,16 +260,12 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
   if (a.rank !== 2 || b.rank !== 2)
     throw new Error(`gemm: a ${formatShape(a.shape)} and b ${formatShape(b.shape)} must both be matrices`);
   const { transA = false, transB = false, alpha = 1 } = options;
-  const [m, ka] = transA ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]];
-  const [kb, n] = transB ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]];
-  if (ka !== kb) {
-    throw new Error(`gemm: inner dimensions differ: op(a) is [${m}, ${ka}] and op(b) is [${kb}, ${n}]`);
-  }
+  const { m, n, k } = gemmDims('gemm', a.shape, b.shape, transA, transB);
   let c = options.c;
   const beta = options.beta ?? (c ? 1 : 0);
   if (c) {
     live(c, 'gemm: c');
-    if (c.rank !== 2 || c.shape[0] !== m || c.shape[1] !== n)
+    if (!sameShape(c.shape, [m, n]))
       throw new Error(`gemm: c has shape ${formatShape(c.shape)}, expected [${m}, ${n}]`);
     if (c.storage === a.storage || c.storage === b.storage)
       throw new Error('gemm: c must not share memory with a or b');
@@ -279,7 +276,7 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
     [c, 'c'],
   ]);
   c ??= zeros([m, n], { device: a.device });
-  const args = [transA, transB, m, n, ka, alpha, a.storage, b.storage, beta, c.storage] as const;
+  const args = [transA, transB, m, n, k, alpha, a.storage, b.storage, beta, c.storage] as const;
   return { c, args };
 }
 

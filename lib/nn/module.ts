@@ -10,7 +10,8 @@ import { Parameter, type Var } from '../autograd/var';
 import { readSafetensors, writeSafetensors } from '../io/safetensors';
 import type { DeviceRequest } from '../tensor/device';
 import { resolveDevice } from '../tensor/device';
-import { Tensor, formatShape } from '../tensor/tensor';
+import { formatShape, sameShape } from '../shape';
+import { Tensor } from '../tensor/tensor';
 
 /** A tensor to load: a Tensor, a Float32Array of the parameter's size, or data with its shape. */
 export type StateValue = Tensor | Float32Array | { data: Float32Array; shape: readonly number[] };
@@ -252,8 +253,4 @@ function writeInto(p: Parameter, value: StateValue): void {
   } else {
     p.data.set(types.isFloat32Array(value) ? value : value.data);
   }
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }

@@ -16,11 +16,13 @@
  * So a stack of adapted layers needs the shared factors plus one workspace per
  * distinct shape, never d_out x d_in per layer.
  */
+import { asMatrix, gemmInto } from '../../autograd/gemm';
 import { linearParamGrads } from '../../autograd/ops';
 import { Parameter, type Var, record } from '../../autograd/var';
 import type { Linear } from '../../nn/layers';
 import { native } from '../../native/loader';
-import { type Tensor, formatShape, ones, zeros } from '../../tensor/tensor';
+import { formatShape } from '../../shape';
+import { type Tensor, ones, zeros } from '../../tensor/tensor';
 import type { MethodLayer } from '../method';
 import type { Shared } from '../registry';
 import type { Workspace } from '../workspace';
@@ -91,22 +93,23 @@ export class TeraLayer implements MethodLayer {
     const holder = {};
     this.#writeEffectiveWeight(w.data, holder);
     const out = zeros([...x.shape.slice(0, -1), outF], { device: x.device });
-    n.gemm(false, true, rows, outF, inF, 1, x.data.storage, ws.tensor.storage, 0, out.storage);
+    const wEff = asMatrix(ws.tensor, inF);
+    gemmInto(asMatrix(out), asMatrix(x.data), wEff, { transB: true });
     if (b !== null) n.addRowVector(out.storage, b.data.storage, rows, outF);
 
     return record(out, [x, w, b, ...this.lambdas], (g, sink) => {
-      const G = g.storage;
+      const G = asMatrix(g);
       linearParamGrads(g, x, w, b, sink);
       if (x.requiresGrad) {
         if (ws.holder !== holder) this.#writeEffectiveWeight(w.data, holder);
         const dx = zeros(x.shape, { device: g.device });
-        n.gemm(false, false, rows, inF, outF, 1, G, ws.tensor.storage, 0, dx.storage);
+        gemmInto(asMatrix(dx), G, wEff);
         sink(x, dx);
       }
       if (this.lambdas.some((l) => l.requiresGrad)) {
         // gradX = alpha dY^T x overwrites W_eff; the kernel then uses it as scratch.
         ws.holder = null;
-        n.gemm(true, false, outF, inF, rows, this.alpha, G, x.data.storage, 0, ws.tensor.storage);
+        gemmInto(wEff, G, asMatrix(x.data), { transA: true, alpha: this.alpha });
         const grads = this.lambdas.map((l) => zeros(l.shape, { device: g.device }));
         const { core, factors, shape } = this.shared;
         n.tuckerScaleGrad(
