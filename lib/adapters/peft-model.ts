@@ -177,15 +177,6 @@ export class PeftModel {
     return result;
   }
 
-  train(mode = true): this {
-    this.model.train(mode);
-    return this;
-  }
-
-  eval(): this {
-    return this.train(false);
-  }
-
   toString(): string {
     return `PeftModel(active=[${this.activeAdapters.join(', ')}], adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
   }

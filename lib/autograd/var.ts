@@ -161,11 +161,6 @@ export class Parameter extends Var {
   }
 }
 
-/** Whether ops currently record graphs (false inside noGrad()). */
-export function isGradEnabled(): boolean {
-  return gradEnabled;
-}
-
 /** Runs `fn` without recording any graph: for evaluation and in-place updates. */
 export function noGrad<T>(fn: () => T): T {
   const previous = gradEnabled;

@@ -27,8 +27,6 @@ export interface LoadStateResult {
 }
 
 export abstract class Module {
-  /** Set by train() / eval(); layers that behave differently in training read it. */
-  training = true;
   readonly #parameters = new Map<string, Parameter>();
   readonly #children = new Map<string, Module>();
 
@@ -166,15 +164,6 @@ export abstract class Module {
   requiresGrad(flag = true): this {
     for (const p of this.parameters()) p.requiresGrad = flag;
     return this;
-  }
-
-  train(mode = true): this {
-    for (const [, m] of this.namedModules()) m.training = mode;
-    return this;
-  }
-
-  eval(): this {
-    return this.train(false);
   }
 
   /** Moves every parameter to `device` (copies; gradients are dropped). */
