@@ -9,7 +9,7 @@ import { autograd as ag, adapters, nn } from '../lib';
 import { native } from '../lib/native/loader';
 import { METHOD_CASES, type ValueOf, effectiveWeight64, f64 } from './helpers/methods';
 import { gemm as gemm64, randomArray, rng } from './helpers/reference';
-import { expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
+import { expectAllClose, expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
 
 const next = rng(50);
 type Var = tera.autograd.Var;
@@ -337,6 +337,54 @@ describe('merge, unmerge, disable', () => {
       expectMaxAbsDiff(plain.forward(x).toFloat32Array(), adapted, 1e-5);
     });
   }
+
+  it('safe merge checks every merged weight on a copy first and merges nothing if one is not finite', () => {
+    const peft = inject(baseMlp([12, 16, 6]), new tera.LoraConfig({ targetModules: ['0', '2'], r: 2 }));
+    randomise(peft.trainableParameters());
+    const w0 = peft.adapterLayers().map(([, l]) => l.baseLayer.weight.toFloat32Array());
+    // Layer '2' is broken: its update overflows float32.
+    const broken = peft.model.getSubmodule('2') as tera.adapters.AdapterLinear;
+    broken
+      .adapter('default')!
+      .parameters.get('lora_B.weight')!
+      .data.set(new Float32Array(6 * 2).fill(3e38));
+    expect(() => peft.mergeAdapter(null, { safeMerge: true })).toThrow(
+      /safe merge refused, nothing was merged .*\n {2}- '2': merging 'default' makes \d+ of 96 weights non-finite/,
+    );
+    expect(peft.merged).toBe(false);
+    peft.adapterLayers().forEach(([, l], i) => expect(l.baseLayer.weight.toFloat32Array()).toEqual(w0[i]));
+    expect(() => peft.mergeAndUnload({ safeMerge: true })).toThrow(/safe merge refused/);
+    expect(peft.model.getSubmodule('0')).toBeInstanceOf(adapters.AdapterLinear);
+
+    // Without the check the merge goes through, as PEFT's default does.
+    peft.mergeAdapter();
+    expect(broken.baseLayer.weight.toFloat32Array().every(Number.isFinite)).toBe(false);
+  });
+
+  it('unmerge restores W0 to within 2^-24 (|W0 + dW| + |W0|), the two float32 roundings docs/api-adapters.md states', () => {
+    for (const config of [
+      new tera.LoraConfig({ targetModules: ['0', '2'], r: 2, alpha: 2e6 }),
+      new tera.TeraConfig({ targetModules: ['0', '2'], alpha: 1e6 }),
+      new tera.VeraConfig({ targetModules: ['0', '2'], r: 4, dInitial: 1e3 }),
+    ]) {
+      const peft = inject(baseMlp([12, 16, 6]), config);
+      randomise(peft.trainableParameters());
+      const layers = peft.adapterLayers().map(([, l]) => l.baseLayer.weight);
+      const w0 = layers.map((w) => w.toFloat32Array());
+      peft.mergeAdapter();
+      const merged = layers.map((w) => w.toFloat32Array());
+      peft.unmergeAdapter();
+      layers.forEach((w, i) => {
+        const restored = w.toFloat32Array();
+        const magnitude = merged[i].map((m, j) => Math.abs(m) + Math.abs(w0[i][j]));
+        // 1 + 2^-20 covers |W0 + dW| vs the rounded |merged| it is measured by.
+        expectAllClose(restored, w0[i], { rtol: 2 ** -24 * (1 + 2 ** -20), atol: 0, magnitude });
+        expectDiffer(restored, w0[i], 0); // at this scale the roundings really show
+      });
+      peft.unload();
+      live.splice(live.indexOf(peft), 1);
+    }
+  });
 
   it('disabling a merged adapter unmerges it first, with a warning', () => {
     const reference = baseMlp([12, 16, 6]).forward(x).toFloat32Array();

@@ -1,3 +1,4 @@
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -309,6 +310,30 @@ describe('writeFileAtomic', () => {
   test('a missing directory is reported with the path', () => {
     const target = path.join(dir, 'no', 'such', 'dir', 'f.txt');
     expect(() => writeFileAtomic(target, 'x')).toThrow(`could not write ${target}: ENOENT`);
+  });
+
+  test('removes the temporary file of a writer killed before its rename, never those of a live writer', async () => {
+    const writer = path.join(__dirname, 'helpers', 'adapter-writer.ts');
+    const crashed = spawnSync(process.execPath, ['--require', 'tsx/cjs', writer, 'crash-in-write', dir]);
+    expect(crashed.signal).toBe('SIGKILL');
+    const stale = leftovers();
+    expect(stale).toEqual([expect.stringMatching(new RegExp(`^\\.blob\\.bin\\.${crashed.pid}\\.[0-9a-f]{12}\\.tmp$`))]);
+    expect(fs.statSync(path.join(dir, stale[0])).size).toBe(1 << 16); // a whole copy of the data, left forever before
+
+    // A live process's temporary file may be a write in progress: it stays.
+    const live = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    const inProgress = `.blob.bin.${live.pid}.0123456789ab.tmp`;
+    fs.writeFileSync(path.join(dir, inProgress), 'partial');
+    try {
+      writeFileAtomic(path.join(dir, 'blob.bin'), 'fresh');
+      expect(leftovers()).toEqual([inProgress]);
+      expect(fs.readFileSync(path.join(dir, 'blob.bin'), 'utf8')).toBe('fresh');
+    } finally {
+      live.kill('SIGKILL');
+    }
+    await new Promise((resolve) => live.on('exit', resolve));
+    writeFileAtomic(path.join(dir, 'blob.bin'), 'again');
+    expect(leftovers()).toEqual([]);
   });
 
   test('rejects data that is neither a string nor bytes', () => {

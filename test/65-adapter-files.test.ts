@@ -4,12 +4,15 @@
  * a fresh model reproducing the outputs, and every kind of bad file refused
  * with the model left exactly as it was.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import * as tera from '../lib';
 import { adapters, io, nn } from '../lib';
+import { INPUT_FEATURES, adapterVersion, baseModel as baseWriterModel } from './helpers/adapter-writer';
 import { METHOD_CASES } from './helpers/methods';
 import { randomArray, rng } from './helpers/reference';
 
@@ -85,7 +88,10 @@ describe('saving', () => {
     const { dir, peft } = savedAdapter(new tera.TeraConfig({ targetModules: ['0', '2'], alpha: 2, seed: 7 }));
     expect(fs.readdirSync(dir).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     const { tensors, metadata } = parseFile(path.join(dir, 'adapter_model.safetensors'));
-    expect(metadata).toEqual({ format: 'pt' });
+    // The config file's digest (first 128 bits of its SHA-256), so a mixed pair of files is detected.
+    const configBytes = fs.readFileSync(path.join(dir, 'adapter_config.json'));
+    const digest = createHash('sha256').update(configBytes).digest().subarray(0, 16).toString('base64url');
+    expect(metadata).toEqual({ format: 'pt', 'tera_peft.config_digest': digest });
     // 16 = 16 and 12 = 12 (one mode each); 6 = [6]: ranks are the modes.
     expect(Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, [t.dtype, t.shape]]))).toEqual({
       'base_model.model.0.tera_lambda_1': ['F32', [16]],
@@ -218,20 +224,31 @@ describe('refusing bad files, model unchanged', () => {
 
   function rewriteTensors(
     dir: string,
-    edit: (tensors: Record<string, { data: Float32Array; shape: number[] }>) => void,
+    edit: (tensors: Record<string, { data: Float32Array; shape: number[] }>, metadata: Record<string, string>) => void,
   ) {
     const file = path.join(dir, 'adapter_model.safetensors');
-    const { tensors } = io.readSafetensors(file);
+    const { tensors, metadata } = io.readSafetensors(file);
     const plain = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { data: t.data, shape: t.shape }]));
-    edit(plain);
-    io.writeSafetensors(file, plain);
+    edit(plain, metadata);
+    io.writeSafetensors(file, plain, metadata);
   }
 
-  function editConfig(dir: string, edit: (json: Record<string, unknown>) => void): void {
+  /** Digest of a config file as saveAdapter stamps it into the weights' metadata. */
+  function digestOf(file: string): string {
+    return createHash('sha256').update(fs.readFileSync(file)).digest().subarray(0, 16).toString('base64url');
+  }
+
+  /**
+   * Edits the config. By default the weights are re-stamped with the edited
+   * config's digest, as if both had been saved together, so that the check under
+   * test is the one that fires; `restamp: false` leaves a hand-edited config.
+   */
+  function editConfig(dir: string, edit: (json: Record<string, unknown>) => void, restamp = true): void {
     const file = path.join(dir, 'adapter_config.json');
     const json = JSON.parse(fs.readFileSync(file, 'utf8'));
     edit(json);
     fs.writeFileSync(file, JSON.stringify(json));
+    if (restamp) rewriteTensors(dir, (_, metadata) => (metadata['tera_peft.config_digest'] = digestOf(file)));
   }
 
   /** Replaces a tensor's header entry, keeping the byte layout, so only our checks can catch it. */
@@ -403,5 +420,102 @@ describe('refusing bad files, model unchanged', () => {
     expect(() => tera.loadAdapter(peft, lora.dir)).toThrow(/already has an adapter named 'default'/);
     expect(fingerprint(peft.model)).toBe(before);
     peft.unload();
+  });
+});
+
+describe('interrupted and concurrent saves', () => {
+  const writer = path.join(__dirname, 'helpers', 'adapter-writer.ts');
+  const spawnWriter = (mode: string, dir: string) =>
+    spawn(process.execPath, ['--require', 'tsx/cjs', writer, mode, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = (child: ChildProcess) =>
+    new Promise<NodeJS.Signals | number | null>((resolve) =>
+      child.on('exit', (code, signal) => resolve(signal ?? code)),
+    );
+  const temporaries = (dir: string) => fs.readdirSync(dir).filter((name) => name.endsWith('.tmp'));
+  const xVersion = tera.random.uniform([3, INPUT_FEATURES], { seed: 7, low: -1, high: 1 });
+  const outputs = [0, 1].map((which) => {
+    const peft = adapterVersion(which as 0 | 1);
+    const out = Array.from(peft.forward(xVersion).toFloat32Array());
+    peft.unload();
+    return out;
+  });
+  const MIXED = /holds adapter_config.json and adapter_model.safetensors from different saves/;
+
+  /** Loads `dir` into a fresh base model: the output, or the error's message. */
+  function tryLoad(dir: string): { output: number[] } | { error: string } {
+    let peft: tera.PeftModel;
+    try {
+      peft = tera.loadAdapter(baseWriterModel(), dir);
+    } catch (error) {
+      return { error: (error as Error).message };
+    }
+    const output = Array.from(peft.forward(xVersion).toFloat32Array());
+    peft.unload();
+    return { output };
+  }
+
+  it('refuses the old config with the new weights that a save killed between its renames leaves; the next save cleans up', async () => {
+    const dir = freshDir();
+    const child = spawnWriter('crash-between-files', dir);
+    expect(await exited(child)).toBe('SIGKILL');
+    // The weights of version 1 are in place, the config of version 0 is not yet replaced.
+    expect(temporaries(dir)).toEqual([expect.stringMatching(/^\.adapter_config\.json\.\d+\.[0-9a-f]{12}\.tmp$/)]);
+    const model = baseWriterModel();
+    const before = fingerprint(model);
+    expect(() => tera.loadAdapter(model, dir)).toThrow(MIXED);
+    expect(fingerprint(model)).toBe(before);
+
+    const again = adapterVersion(1);
+    tera.saveAdapter(again, dir);
+    again.unload();
+    expect(temporaries(dir)).toEqual([]);
+    expect(tryLoad(dir)).toEqual({ output: outputs[1] });
+  });
+
+  it('a config edited by hand is refused unless allowEditedConfig says so', () => {
+    const dir = freshDir();
+    const saved = adapterVersion(0);
+    tera.saveAdapter(saved, dir);
+    saved.unload();
+    const file = path.join(dir, 'adapter_config.json');
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('"lora_alpha": 1', '"lora_alpha": 2'));
+    expect(tryLoad(dir)).toEqual({ error: expect.stringMatching(MIXED) });
+    const edited = tera.loadAdapter(baseWriterModel(), dir, { allowEditedConfig: true });
+    expect(edited.peftConfig.default).toEqual(expect.objectContaining({ alpha: 2 }));
+    edited.unload();
+  });
+
+  it('readers during repeated saves load one version or refuse the mix, never a mixture; a killed writer leaves nothing behind', async () => {
+    const dir = freshDir();
+    const child = spawnWriter('loop', dir);
+    const done = exited(child);
+    await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+    const seen = { version0: 0, version1: 0, refused: 0 };
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline) {
+      const result = tryLoad(dir);
+      if ('error' in result) {
+        expect(result.error).toMatch(MIXED);
+        seen.refused++;
+      } else if (result.output.every((v, i) => v === outputs[0][i])) {
+        seen.version0++;
+      } else {
+        expect(result.output).toEqual(outputs[1]); // anything else is a mixture
+        seen.version1++;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    child.kill('SIGKILL');
+    expect(await done).toBe('SIGKILL');
+    expect(seen.version0 + seen.version1).toBeGreaterThan(0);
+
+    const after = tryLoad(dir);
+    if ('error' in after) expect(after.error).toMatch(MIXED);
+    else expect([outputs[0], outputs[1]]).toContainEqual(after.output);
+    const again = adapterVersion(0);
+    tera.saveAdapter(again, dir);
+    again.unload();
+    expect(temporaries(dir)).toEqual([]);
+    expect(tryLoad(dir)).toEqual({ output: outputs[0] });
   });
 });

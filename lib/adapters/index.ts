@@ -16,6 +16,7 @@ export { LoraLayer } from './lora/layer';
 export type { LoraConfigOptions } from './lora/config';
 export { AdapterLinear } from './layer';
 export { PeftModel, injectAdapter } from './peft-model';
+export type { MergeOptions } from './peft-model';
 export { saveAdapter, loadAdapter, CONFIG_FILE, WEIGHTS_FILE } from './save';
 export type { SaveAdapterOptions, LoadAdapterOptions, SavedAdapter } from './save';
 export { lowRankLinear } from './low-rank';

@@ -7,7 +7,15 @@
  *
  * loadAdapter checks the config, every key, dtype and shape (and any stored
  * frozen tensor against its regeneration) before it changes the model.
+ *
+ * The two files are renamed into place one after the other, so a crash between
+ * the renames, or a reader during a re-save, could see the old config with the
+ * new weights. The weights file therefore carries a digest of the config file
+ * it was saved with (in its metadata, which PEFT ignores), and loadAdapter
+ * refuses a pair whose config does not match it. The weights go first: a
+ * config is never newer than its weights.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -24,6 +32,16 @@ import { PeftModel } from './peft-model';
 
 export const CONFIG_FILE = 'adapter_config.json';
 export const WEIGHTS_FILE = 'adapter_model.safetensors';
+/**
+ * Metadata key of the weights file: the digest of the config file saved with it
+ * (the first 128 bits of its SHA-256, base64url: plenty to tell two saves apart,
+ * and short enough that a TeRA file of a 4096 x 4096 layer stays under 1 KiB).
+ */
+export const CONFIG_DIGEST_KEY = 'tera_peft.config_digest';
+
+function configDigest(bytes: string | Buffer): string {
+  return createHash('sha256').update(bytes).digest().subarray(0, 16).toString('base64url');
+}
 
 /** The file key of a layer's tensor. */
 export function adapterKey(moduleName: string, suffix: string): string {
@@ -70,8 +88,9 @@ export function saveAdapter(model: Module | PeftModel, dir: string, options: Sav
   fs.mkdirSync(dir, { recursive: true });
   const weightsPath = path.join(dir, WEIGHTS_FILE);
   const configPath = path.join(dir, CONFIG_FILE);
-  writeSafetensors(weightsPath, tensors, { format: 'pt' });
-  writeFileAtomic(configPath, `${JSON.stringify(record.config.toJson(), null, 2)}\n`);
+  const configText = `${JSON.stringify(record.config.toJson(), null, 2)}\n`;
+  writeSafetensors(weightsPath, tensors, { format: 'pt', [CONFIG_DIGEST_KEY]: configDigest(configText) });
+  writeFileAtomic(configPath, configText);
   return { configPath, weightsPath };
 }
 
@@ -80,12 +99,18 @@ export interface LoadAdapterOptions {
   adapterName?: string;
   /** Let its parameters train (default false, as PEFT's is_trainable). */
   isTrainable?: boolean;
+  /**
+   * Load even when adapter_config.json is not the config the weights were saved
+   * with, because you edited it by hand (default false: such a pair is refused as
+   * the mix an interrupted save leaves).
+   */
+  allowEditedConfig?: boolean;
 }
 
-function readConfig(file: string) {
+function readConfig(file: string, bytes: Buffer) {
   let json: unknown;
   try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    json = JSON.parse(bytes.toString('utf8'));
   } catch (error) {
     throw new Error(`loadAdapter: cannot read ${file}: ${(error as Error).message}`);
   }
@@ -157,10 +182,25 @@ function sharedProblems(layers: MethodLayer[], tensors: Record<string, LoadedTen
 export function loadAdapter(model: Module | PeftModel, dir: string, options: LoadAdapterOptions = {}): PeftModel {
   const module = unwrap(model, 'loadAdapter');
   const adapterName = options.adapterName ?? 'default';
-  const config = readConfig(path.join(dir, CONFIG_FILE));
+  const configPath = path.join(dir, CONFIG_FILE);
+  let configBytes: Buffer;
+  try {
+    configBytes = fs.readFileSync(configPath);
+  } catch (error) {
+    throw new Error(`loadAdapter: cannot read ${configPath}: ${(error as Error).message}`);
+  }
+  const config = readConfig(configPath, configBytes);
   const plan = planInjection(module, config, adapterName);
   const weightsPath = path.join(dir, WEIGHTS_FILE);
-  const { tensors } = readSafetensors(weightsPath);
+  const { tensors, metadata } = readSafetensors(weightsPath);
+  const savedWith = metadata[CONFIG_DIGEST_KEY];
+  if (savedWith !== undefined && savedWith !== configDigest(configBytes) && options.allowEditedConfig !== true) {
+    throw new Error(
+      `loadAdapter: ${dir} holds ${CONFIG_FILE} and ${WEIGHTS_FILE} from different saves ` +
+        '(a save was interrupted or is in progress): refusing the mix; save the adapter again or retry ' +
+        '(if you edited the config by hand on purpose, pass allowEditedConfig: true)',
+    );
+  }
   const problems = fileProblems(plan, tensors);
   if (problems.length > 0) {
     throw new Error(`loadAdapter: ${weightsPath} does not fit this model:\n  - ${problems.join('\n  - ')}`);
