@@ -146,11 +146,14 @@ describe('configs derived from one field table', () => {
       const config = new Config({ targetModules: ['q'] });
       const json = config.toJson();
       const fields: [string, adapters.FieldSpec<unknown>][] = Object.entries(Config.fields);
-      expect(new Set(fields.map(([, spec]) => spec.json)).size).toBe(fields.length);
+      const stored = fields.filter(([, spec]) => spec.json !== null);
+      expect(new Set(stored.map(([, spec]) => spec.json)).size).toBe(stored.length);
       for (const [name, spec] of fields) {
         const value = (config as unknown as Record<string, unknown>)[name];
         if ('default' in spec) expect([name, value]).toEqual([name, spec.default]);
-        expect([name, json[spec.json]]).toEqual([name, spec.toJson ? spec.toJson(value) : value]);
+        if (spec.json !== null) {
+          expect([name, json[spec.json]]).toEqual([name, spec.toJson ? spec.toJson(value) : value]);
+        }
         expect(spec.help.length).toBeGreaterThan(0);
       }
       expect(json.peft_type).toBe(config.peftType);
@@ -180,8 +183,116 @@ describe('configs derived from one field table', () => {
       saveProjection: true,
     });
     expect(tera.VeraConfig.fromJson(veraConfig.toJson())).toEqual(veraConfig);
-    const loraConfig = new tera.LoraConfig({ targetModules: ['a'], r: 3, alpha: 5, seed: 4 });
+    const loraConfig = new tera.LoraConfig({
+      targetModules: ['a'],
+      r: 3,
+      alpha: 5,
+      useRslora: true,
+      rankPattern: { q: 2, 'k|v': 4 },
+      alphaPattern: { v: 1.5 },
+      dropout: 0.1,
+      initLoraWeights: 'gaussian',
+    });
     expect(tera.LoraConfig.fromJson(loraConfig.toJson())).toEqual(loraConfig);
+    // The seed only initialises A and B, which a saved adapter stores: it is not written.
+    const seeded = new tera.LoraConfig({ targetModules: ['a'], seed: 4 });
+    expect([seeded.seed, 'seed' in seeded.toJson(), tera.LoraConfig.fromJson(seeded.toJson()).seed]).toEqual([
+      4,
+      false,
+      0,
+    ]);
+  });
+});
+
+describe('PEFT options', () => {
+  it('refuses options a config does not have, and values only a loaded file may hold', () => {
+    expect(() => new tera.LoraConfig({ targetModules: ['0'], rank: 4 } as never)).toThrow(
+      /LoraConfig has no option 'rank'; its options: targetModules \(.*\); .*r \(the rank \(as PEFT\)\)/,
+    );
+    const model = baseMlp([6, 4, 2]);
+    const names = model.namedModules().map(([n, m]) => `${n}:${m}`);
+    expect(() => inject(model, new tera.LoraConfig({ targetModules: ['0'], dropout: 0.1 }))).toThrow(
+      /cannot make a new adapter:\n {2}- dropout: tera-peft has no dropout/,
+    );
+    expect(() => inject(model, new tera.LoraConfig({ targetModules: ['0'], initLoraWeights: 'eva' }))).toThrow(
+      /initLoraWeights: 'eva' initialisation is not implemented/,
+    );
+    expect(() => inject(model, new tera.VeraConfig({ targetModules: ['0'], initWeights: false }))).toThrow(
+      /initWeights: init_weights false is not implemented/,
+    );
+    expect(model.namedModules().map(([n, m]) => `${n}:${m}`)).toEqual(names);
+    expect(new tera.VeraConfig({ targetModules: ['0'] }).saveProjection).toBe(true); // PEFT's default
+  });
+
+  it('LoRA takes r and alpha per module from rank_pattern / alpha_pattern (first match), and alpha / sqrt(r) with rsLoRA', () => {
+    const config = new tera.LoraConfig({
+      targetModules: ['q_proj', 'v_proj', 'head'],
+      r: 2,
+      alpha: 4,
+      useRslora: true,
+      rankPattern: { 'decoder\\..*': 5, v_proj: 3 }, // decoder.v_proj takes 5: the first key that names it
+      alphaPattern: { head: 9 },
+    });
+    const peft = inject(new TwoBlocks(), config);
+    const got = peft.adapterLayers().map(([name, layer]) => {
+      const lora = layer.adapter('default') as tera.adapters.LoraLayer;
+      return [name, lora.parameters.get('lora_A.weight')!.shape[0], lora.scaling];
+    });
+    expect(got).toEqual([
+      ['encoder.q_proj', 2, 4 / Math.sqrt(2)],
+      ['encoder.v_proj', 3, 4 / Math.sqrt(3)],
+      ['decoder.q_proj', 5, 4 / Math.sqrt(5)],
+      ['decoder.v_proj', 5, 4 / Math.sqrt(5)],
+      ['head', 2, 9 / Math.sqrt(2)],
+    ]);
+  });
+
+  it("LoRA initialises as PEFT's init_lora_weights says: true, false and 'gaussian'", () => {
+    const stats = (t: tera.Tensor) => {
+      const v = t.toFloat32Array();
+      return { maxAbs: Math.max(...v.map(Math.abs)), rms: Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length) };
+    };
+    const layerOf = (init: true | false | 'gaussian') => {
+      const peft = inject(
+        new nn.Sequential(new nn.Linear(400, 300, { seed: 1 })),
+        new tera.LoraConfig({ targetModules: ['0'], r: 16, initLoraWeights: init }),
+      );
+      const lora = peft.adapterLayers()[0][1].adapter('default')!;
+      return {
+        a: stats(lora.parameters.get('lora_A.weight')!.data),
+        b: stats(lora.parameters.get('lora_B.weight')!.data),
+      };
+    };
+    const kaiming = layerOf(true); // A ~ U(+-1/sqrt(in)), B = 0
+    expect(kaiming.b.maxAbs).toBe(0);
+    expect(isClose(kaiming.a.maxAbs, 1 / Math.sqrt(400), 0.01, 0)).toBe(true);
+    const random = layerOf(false); // B ~ U(+-1/sqrt(r)) too: not a no-op
+    expect(isClose(random.b.maxAbs, 1 / Math.sqrt(16), 0.01, 0)).toBe(true);
+    const gaussian = layerOf('gaussian'); // A ~ N(0, (1/r)^2), B = 0
+    expect([gaussian.b.maxAbs, isClose(gaussian.a.rms, 1 / 16, 0.03, 0)]).toEqual([0, true]);
+  });
+
+  it("VeRA's generated projections are Kaiming-uniform with PEFT's bound sqrt(6 / fan_in)", () => {
+    const peft = inject(
+      new nn.Sequential(new nn.Linear(96, 64, { seed: 2 })),
+      new tera.VeraConfig({ targetModules: ['0'] }),
+    );
+    const vera = peft.adapterLayers()[0][1].adapter('default') as tera.adapters.VeraLayer;
+    // A [256, 96]: fan_in 96; B [64, 256]: fan_in r = 256 (torch's fan_in of a [rows, cols] tensor is cols).
+    for (const [t, fanIn] of [
+      [vera.projectionA, 96],
+      [vera.projectionB, 256],
+    ] as const) {
+      const v = t.toFloat32Array();
+      const bound = Math.sqrt(6 / fanIn);
+      const maxAbs = Math.max(...v.map(Math.abs));
+      const meanSquare = v.reduce((s, x) => s + x * x, 0) / v.length;
+      expect([
+        maxAbs <= bound,
+        isClose(maxAbs, bound, 0.01, 0),
+        isClose(meanSquare, (bound * bound) / 3, 0.05, 0),
+      ]).toEqual([true, true, true]);
+    }
   });
 });
 

@@ -78,6 +78,14 @@ describe('safetensors round trip', () => {
     expect(types.isFloat32Array(tensors.special.data)).toBe(true);
   });
 
+  test('reads equal keys in different objects and strings with escaped quotes and brackets', () => {
+    const header = '{"__metadata__":{"w":"a \\"}]{[ b"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
+    const file = rawFile('ok', header, float32Bytes([2.5]));
+    const { tensors, metadata } = readSafetensors(file);
+    expect(metadata).toEqual({ w: 'a "}]{[ b' });
+    expect(Array.from(tensors.w.data)).toEqual([2.5]);
+  });
+
   test('no metadata argument means no __metadata__ entry, and reads back as {}', () => {
     const file = path.join(dir, 'plain.safetensors');
     writeSafetensors(file, { w: new Float32Array([1, 2]) });
@@ -219,6 +227,36 @@ describe('readSafetensors refuses malformed files', () => {
       'trailing bytes',
       () => rawFile('tail', { a: f32([1], [0, 4]) }, new Uint8Array(6)),
       /cover 4 bytes but the data section has 6/,
+    ],
+    [
+      'a header that does not start with {',
+      () => rawFile('lead', ` {"w":${JSON.stringify(f32([1], [0, 4]))}}`, new Uint8Array(4)),
+      /the header starts with " "; the format requires it to start with '\{'/,
+    ],
+    [
+      'a tensor name given twice (JSON.parse would keep the second)',
+      () =>
+        rawFile(
+          'dup',
+          `{"w":${JSON.stringify(f32([2], [0, 8]))},"w":${JSON.stringify(f32([1], [0, 4]))}}`,
+          new Uint8Array(4),
+        ),
+      /the header has the key "w" twice in one object/,
+    ],
+    [
+      'a key given twice inside an entry, spelled with an escape',
+      () =>
+        rawFile(
+          'dup2',
+          '{"w":{"dtype":"F16","d\\u0074ype":"F32","shape":[1],"data_offsets":[0,4]}}',
+          new Uint8Array(4),
+        ),
+      /the header has the key "dtype" twice in one object/,
+    ],
+    [
+      'a metadata key given twice',
+      () => rawFile('dup3', '{"__metadata__":{"format":"pt","format":"np"}}'),
+      /the header has the key "format" twice in one object/,
     ],
     ['a missing file', () => path.join(dir, 'absent.safetensors'), /cannot read the file/],
   ])('%s', (_label, make, message) => {

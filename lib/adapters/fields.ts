@@ -12,14 +12,18 @@ export type JsonObject = { [key: string]: Json };
 
 /** One option of a config. `T` is the stored value, `I` what a caller may pass. */
 export interface FieldSpec<T, I = T> {
-  /** Its key in adapter_config.json (PEFT's name where PEFT has the option). */
-  readonly json: string;
+  /** Its key in adapter_config.json (PEFT's name where PEFT has the option); null: not stored in the file. */
+  readonly json: string | null;
   /** One line saying what it does, for error messages and docs. */
   readonly help: string;
   /** Validates a given value (or the default) and returns the stored form; `what` names it in errors. */
   check(value: unknown, what: string): T;
   /** Its JSON form (default: the stored value itself). */
   toJson?(value: T): Json;
+  /** Why new adapters cannot be made with `value` (only a loaded file may hold it), or null. */
+  forInjection?(value: T): string | null;
+  /** Why an adapter with `value` cannot train here, or null. */
+  forTraining?(value: T): string | null;
   /** Phantom member carrying the caller's type `I`; never set. */
   readonly input?: I;
 }
@@ -30,6 +34,22 @@ export interface OptionalField<T, I = T> extends FieldSpec<T, I> {
 }
 
 export type Fields = Record<string, FieldSpec<unknown, unknown>>;
+
+/**
+ * A field of PEFT's config that tera-peft does not implement: accepted from a
+ * file only at values that change nothing here, and written (when `write` is
+ * set) so that PEFT's loader reads what we computed.
+ */
+export interface PeftOnlyField {
+  /** Whether a file's value changes nothing here. */
+  accepts(value: unknown): boolean;
+  /** What we accept, for the refusal: 'false', 'null', '"none"'. */
+  readonly accepted: string;
+  /** Why other values are not supported. */
+  readonly because: string;
+  /** The value written into adapter_config.json (absent: not written). */
+  readonly write?: Json;
+}
 
 type InputOf<S> = S extends FieldSpec<unknown, infer I> ? I : never;
 type ValueOf<S> = S extends FieldSpec<infer T, unknown> ? T : never;
@@ -48,38 +68,90 @@ function hasDefault(spec: FieldSpec<unknown, unknown>): spec is OptionalField<un
   return 'default' in spec;
 }
 
-/** Checks every field of `options` (defaults filled in) and returns the values; `what` prefixes errors. */
+/**
+ * Checks every field of `options` (defaults filled in) and returns the values;
+ * `what` prefixes errors, which name each field by `label` (default: its option
+ * name). An option the table does not have is refused.
+ */
 export function readFields<F extends Fields>(
   fields: F,
   options: Record<string, unknown>,
   what: string,
+  label: (name: string, spec: FieldSpec<unknown, unknown>) => string = (name) => name,
 ): FieldValues<F> {
+  const unknown = Object.keys(options).filter((key) => !Object.hasOwn(fields, key));
+  if (unknown.length > 0) {
+    const known = Object.entries(fields).map(([name, spec]) => `${name} (${spec.help})`);
+    throw new Error(
+      `${what} has no option ${unknown.map((k) => `'${k}'`).join(', ')}; its options: ${known.join('; ')}`,
+    );
+  }
   const values: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(fields)) {
     const given = options[name];
     const value = (given === undefined || given === null) && hasDefault(spec) ? spec.default : given;
-    values[name] = spec.check(value, `${what}: ${name}`);
+    values[name] = spec.check(value, `${what}: ${label(name, spec)}`);
   }
   return values as FieldValues<F>;
 }
 
-/** The adapter_config.json entries of checked values. */
+/** The adapter_config.json entries of checked values (fields stored in the file only). */
 export function fieldsToJson<F extends Fields>(fields: F, values: FieldValues<F>): JsonObject {
   const out: JsonObject = {};
   for (const [name, spec] of Object.entries(fields)) {
+    if (spec.json === null) continue;
     const value = values[name as keyof F];
     out[spec.json] = spec.toJson ? spec.toJson(value) : (value as Json);
   }
   return out;
 }
 
-/** Constructor options from adapter_config.json entries (absent keys stay absent, so defaults apply). */
-export function fieldsFromJson<F extends Fields>(fields: F, json: JsonObject): Record<string, unknown> {
+/**
+ * Constructor options from adapter_config.json entries (absent keys stay
+ * absent, so defaults apply). Every other key must be one of `ignored` (PEFT's
+ * bookkeeping, which changes nothing here) or a PEFT-only field at a value we
+ * honour: anything else is refused, every problem in one error.
+ */
+export function fieldsFromJson<F extends Fields>(
+  fields: F,
+  peftOnly: Readonly<Record<string, PeftOnlyField>>,
+  ignored: readonly string[],
+  json: JsonObject,
+  what: string,
+): Record<string, unknown> {
+  const byKey = new Map<string, string>();
+  for (const [name, spec] of Object.entries(fields)) if (spec.json !== null) byKey.set(spec.json, name);
   const options: Record<string, unknown> = {};
-  for (const [name, spec] of Object.entries(fields)) {
-    if (Object.hasOwn(json, spec.json)) options[name] = json[spec.json];
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(json)) {
+    const name = byKey.get(key);
+    if (name !== undefined) {
+      options[name] = value;
+    } else if (Object.hasOwn(peftOnly, key)) {
+      const field = peftOnly[key];
+      if (!field.accepts(value)) {
+        problems.push(
+          `${key} is ${JSON.stringify(value)}; tera-peft supports only ${field.accepted} (${field.because})`,
+        );
+      }
+    } else if (!ignored.includes(key)) {
+      problems.push(`${key} is not a field tera-peft knows for ${what}; refusing it rather than ignoring it`);
+    }
   }
+  if (problems.length > 0) throw new Error(`${what}:\n  - ${problems.join('\n  - ')}`);
   return options;
+}
+
+/** Why `values` cannot make new adapters ('forInjection') or train ('forTraining'), one line each. */
+export function fieldProblems<F extends Fields>(
+  fields: F,
+  values: FieldValues<F>,
+  use: 'forInjection' | 'forTraining',
+): string[] {
+  return Object.entries(fields).flatMap(([name, spec]) => {
+    const problem = spec[use]?.(values[name as keyof F]) ?? null;
+    return problem === null ? [] : [`${name}: ${problem}`];
+  });
 }
 
 // The checks fields use.

@@ -221,7 +221,13 @@ export class PeftModel {
 
 function injectInto(model: Module, config: AdapterConfig, adapterName: string): void {
   const plan = planInjection(model, config, adapterName);
-  const built = plan.method.createLayers(config, plan.layers, adapterName);
+  const problems = config.injectionProblems();
+  if (problems.length > 0) {
+    throw new Error(
+      `injectAdapter: this ${config.peftType} config cannot make a new adapter:\n  - ${problems.join('\n  - ')}`,
+    );
+  }
+  const built = plan.method.createLayers(config, plan.layers, { adapterName, stored: null });
   attachAdapter(model, plan, built, true);
 }
 

@@ -9,7 +9,9 @@
  * We write F32 only, laid out like the reference writer (tensors in byte order
  * of their names, header padded with spaces to a multiple of 8 bytes so the
  * data is aligned). We read F32, F16, BF16 and F64, converting to float32; every
- * number in the header is checked before any data is touched.
+ * number in the header is checked before any data is touched, and what the
+ * format forbids is refused: a header that does not start with '{', and a key
+ * that appears twice in one object (JSON.parse would silently keep the last).
  */
 import * as fs from 'node:fs';
 import { types } from 'node:util';
@@ -162,6 +164,41 @@ export function writeSafetensors(
   writeFileAtomic(file, out);
 }
 
+/**
+ * The first key that appears twice in one object of `text`, which must be valid
+ * JSON (it has been parsed), or null. One pass, no recursion: a deeply nested
+ * header cannot overflow the stack.
+ */
+function repeatedKey(text: string): string | null {
+  const objects: (Set<string> | null)[] = []; // null for an array
+  let keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      const keys = objects[objects.length - 1];
+      if (keyNext && keys) {
+        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (keys.has(key)) return key;
+        keys.add(key);
+      }
+      keyNext = false;
+      i = end;
+    } else if (c === '{') {
+      objects.push(new Set());
+      keyNext = true;
+    } else if (c === '[') {
+      objects.push(null);
+    } else if (c === '}' || c === ']') {
+      objects.pop();
+    } else if (c === ',') {
+      keyNext = objects[objects.length - 1] instanceof Set;
+    }
+  }
+  return null;
+}
+
 interface HeaderEntry {
   name: string;
   dtype: string;
@@ -239,6 +276,11 @@ export function readSafetensors(file: string): SafetensorsContents {
     return fail(`the header is not valid JSON: ${(err as Error).message}`);
   }
   if (!isPlainObject(header)) return fail(`the header must be a JSON object, got ${describeValue(header)}`);
+  if (!headerText.startsWith('{')) {
+    fail(`the header starts with ${JSON.stringify(headerText[0])}; the format requires it to start with '{'`);
+  }
+  const repeated = repeatedKey(headerText);
+  if (repeated !== null) fail(`the header has the key ${JSON.stringify(repeated)} twice in one object`);
 
   const metadata = header[METADATA_KEY] ?? {};
   if (!isPlainObject(metadata)) return fail(`"${METADATA_KEY}" must be an object of strings`);

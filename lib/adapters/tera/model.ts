@@ -48,6 +48,7 @@ export const teraMethod: AdapterMethod<TeraConfig> = {
     return out;
   },
 
+  // A file's stored factors are not used in place of the generated ones: loadAdapter checks they are equal.
   createLayers(config: TeraConfig, plans: readonly LayerPlan[]): MethodLayer[] {
     return createAll(plans, (plan) => createLayer(config, plan));
   },

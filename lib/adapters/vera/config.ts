@@ -5,6 +5,7 @@
  */
 import { configClass } from '../config';
 import { type OptionalField, checkBoolean, checkFinite, checkInteger, checkSeed } from '../fields';
+import { checkProbability, dropoutProblem, only } from '../peft-fields';
 
 const VERA_FIELDS = {
   r: {
@@ -27,15 +28,37 @@ const VERA_FIELDS = {
   } satisfies OptionalField<number>,
   saveProjection: {
     json: 'save_projection',
-    default: false,
-    help: 'store the shared A and B in the adapter file (they regenerate bit-exactly from the seed)',
+    default: true,
+    help: "store the shared A and B in the adapter file (as PEFT's default; needed for PEFT to load it)",
     check: checkBoolean,
+  } satisfies OptionalField<boolean>,
+  dropout: {
+    json: 'vera_dropout',
+    default: 0,
+    help: 'dropout on the adapter input; only 0 can be made or trained here (files with more load for inference)',
+    check: checkProbability,
+    forTraining: dropoutProblem,
+  } satisfies OptionalField<number>,
+  initWeights: {
+    json: 'init_weights',
+    default: true,
+    help: "PEFT's default initialisation (lambda_b = 0, lambda_d = dInitial); false is accepted in loaded files only",
+    check: checkBoolean,
+    forInjection: (value) => (value ? null : 'init_weights false is not implemented (files with it load)'),
   } satisfies OptionalField<boolean>,
 };
 
-/** What PEFT's loader expects besides our fields: the only values we implement. */
-const PEFT_CONSTANTS = { vera_dropout: 0, bias: 'none', fan_in_fan_out: false };
+const PEFT_ONLY = {
+  fan_in_fan_out: only([false], "tera-peft's Linear weights are [out, in]; Conv1D layers are not supported", true),
+  bias: only(['none'], 'training biases (all / vera_only) is not implemented', true),
+  modules_to_save: only([null, []], 'whole trained modules are not stored or loaded'),
+  layers_to_transform: only([null], 'select layers with target_modules instead'),
+  layers_pattern: only([null, []], 'select layers with target_modules instead'),
+};
 
-export class VeraConfig extends configClass('VERA', 'VeraConfig', VERA_FIELDS, PEFT_CONSTANTS) {}
+export class VeraConfig extends configClass('VERA', 'VeraConfig', VERA_FIELDS, {
+  peftOnly: PEFT_ONLY,
+  peftReadsExclude: false,
+}) {}
 
 export type VeraConfigOptions = ConstructorParameters<typeof VeraConfig>[0];

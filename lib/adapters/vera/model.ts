@@ -1,13 +1,21 @@
 /**
  * VeRA's method descriptor. Like PEFT's VeraModel, it sizes the shared
- * projections by the largest targeted layer, acquires them (projections.ts)
- * and hands each layer its reference.
+ * projections by the largest targeted layer, acquires them (projections.ts:
+ * those stored in a loaded file, else generated from the seed) and hands each
+ * layer its reference.
  */
 import type { Linear } from '../../nn/layers';
-import { type AdapterMethod, type LayerPlan, type MethodLayer, type TensorSpec, createAll } from '../method';
+import {
+  type AdapterMethod,
+  type CreateContext,
+  type LayerPlan,
+  type MethodLayer,
+  type TensorSpec,
+  createAll,
+} from '../method';
 import { VeraConfig } from './config';
 import { VeraLayer } from './layer';
-import { VERA_A_KEY, VERA_B_KEY, acquireProjections } from './projections';
+import { VERA_A_KEY, VERA_B_KEY, acquireProjections, acquireStoredProjections } from './projections';
 
 function largest(plans: readonly LayerPlan[]): { maxIn: number; maxOut: number } {
   return {
@@ -32,7 +40,7 @@ export const veraMethod: AdapterMethod<VeraConfig> = {
     return { [VERA_A_KEY]: [config.r, maxIn], [VERA_B_KEY]: [maxOut, config.r] };
   },
 
-  createLayers(config: VeraConfig, plans: readonly LayerPlan[]): MethodLayer[] {
+  createLayers(config: VeraConfig, plans: readonly LayerPlan[], { stored }: CreateContext): MethodLayer[] {
     const device = plans[0].base.weight.device;
     const elsewhere = plans.find((p) => p.base.weight.device !== device);
     if (elsewhere !== undefined) {
@@ -42,8 +50,13 @@ export const veraMethod: AdapterMethod<VeraConfig> = {
       );
     }
     const { maxIn, maxOut } = largest(plans);
+    const storedA = stored?.[VERA_A_KEY];
+    const storedB = stored?.[VERA_B_KEY];
     return createAll(plans, ({ base }) => {
-      const projections = acquireProjections(config.seed, config.r, maxIn, maxOut, device);
+      const projections =
+        storedA !== undefined && storedB !== undefined
+          ? acquireStoredProjections(storedA, storedB, device)
+          : acquireProjections(config.seed, config.r, maxIn, maxOut, device);
       try {
         return new VeraLayer(config, projections, base);
       } catch (error) {
@@ -51,6 +64,15 @@ export const veraMethod: AdapterMethod<VeraConfig> = {
         throw error;
       }
     });
+  },
+
+  fileProblems(config: VeraConfig, { writtenByTeraPeft }): string[] {
+    if (config.saveProjection || writtenByTeraPeft) return [];
+    return [
+      'the file has no vera_A / vera_B (save_projection is false) and was not written by tera-peft: its writer ' +
+        "regenerates them from projection_prng_key with its own generator (PEFT: torch's), which tera-peft cannot " +
+        'reproduce; save it with save_projection=True',
+    ];
   },
 
   configFromJson: (json) => VeraConfig.fromJson(json),

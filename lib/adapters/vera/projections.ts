@@ -1,10 +1,20 @@
 /**
- * VeRA's frozen, shared projections: A [r, maxIn] and B [maxOut, r], made once
- * per (device, seed, r, largest targeted shape) and held in the shared registry,
- * so every layer of an adapter (and every adapter with the same key) uses the
- * same pair. Each layer uses the top-left slice A[:, :in], B[:out, :]; slices
- * are copied once per distinct size and shared too.
+ * VeRA's frozen, shared projections: A [r, maxIn] and B [maxOut, r], one pair
+ * per key in the shared registry, so every layer of an adapter (and every
+ * adapter with the same key) uses the same tensors. Each layer uses the
+ * top-left slice A[:, :in], B[:out, :], as PEFT; slices are copied once per
+ * distinct size and shared too.
+ *
+ * Generated pairs are Kaiming-uniform with PEFT's bound, sqrt(6 / fan_in)
+ * (fan_in = maxIn for A, r for B), but not PEFT's values: PEFT draws A then B
+ * from one torch CPU generator (mt19937) seeded with projection_prng_key; we
+ * draw each from its own Philox4x32-10 stream under the same seed (streams
+ * FNV-1a-64("vera/A") and "vera/B"), identical on every device and thread
+ * count. Pairs stored in a file (PEFT's or ours) are used as they are.
  */
+import { createHash } from 'node:crypto';
+
+import type { LoadedTensor } from '../../io/safetensors';
 import { kaimingUniform } from '../../nn/init';
 import type { Device } from '../../tensor/device';
 import { type Tensor, tensor } from '../../tensor/tensor';
@@ -16,16 +26,15 @@ export const VERA_B_KEY = 'base_model.vera_B';
 
 export class VeraProjections {
   readonly r: number;
-  readonly a: Tensor;
-  readonly b: Tensor;
   readonly #slicesA = new Map<number, Tensor>();
   readonly #slicesB = new Map<number, Tensor>();
 
-  constructor(seed: number, r: number, maxIn: number, maxOut: number, device: Device) {
-    this.r = r;
-    const seedBig = BigInt(seed);
-    this.a = kaimingUniform([r, maxIn], maxIn, { seed: seedBig, stream: randomStream('vera/A') }, device);
-    this.b = kaimingUniform([maxOut, r], r, { seed: seedBig, stream: randomStream('vera/B') }, device);
+  /** Takes ownership of A [r, maxIn] and B [maxOut, r]. */
+  constructor(
+    readonly a: Tensor,
+    readonly b: Tensor,
+  ) {
+    this.r = a.shape[0];
   }
 
   /** A[:, :inFeatures] (A itself at the full width). */
@@ -72,7 +81,7 @@ export class VeraProjections {
 
 const veraProjections = new SharedRegistry<VeraProjections>();
 
-/** The projections for layers up to [maxOut, maxIn] (made on first use); the caller must release() them. */
+/** The generated projections for layers up to [maxOut, maxIn] (made on first use); the caller must release() them. */
 export function acquireProjections(
   seed: number,
   r: number,
@@ -81,6 +90,29 @@ export function acquireProjections(
   device: Device,
 ): Shared<VeraProjections> {
   return veraProjections.acquire(`${device}|${seed}|r${r}|${maxOut}x${maxIn}`, () => {
-    return new VeraProjections(seed, r, maxIn, maxOut, device);
+    const key = (name: string) => ({ seed: BigInt(seed), stream: randomStream(`vera/${name}`) });
+    const a = kaimingUniform([r, maxIn], maxIn, key('A'), device, 0);
+    try {
+      return new VeraProjections(a, kaimingUniform([maxOut, r], r, key('B'), device, 0));
+    } catch (error) {
+      a.dispose();
+      throw error;
+    }
+  });
+}
+
+/** Projections read from a file, shared by content; the caller must release() them. */
+export function acquireStoredProjections(a: LoadedTensor, b: LoadedTensor, device: Device): Shared<VeraProjections> {
+  const digest = createHash('sha256');
+  for (const t of [a, b]) digest.update(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  const shapes = `${a.shape.join('x')}_${b.shape.join('x')}`;
+  return veraProjections.acquire(`${device}|stored|${shapes}|${digest.digest('hex')}`, () => {
+    const storedA = tensor(a.data, a.shape, { device });
+    try {
+      return new VeraProjections(storedA, tensor(b.data, b.shape, { device }));
+    } catch (error) {
+      storedA.dispose();
+      throw error;
+    }
   });
 }
