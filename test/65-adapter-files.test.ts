@@ -788,6 +788,71 @@ describe('files written by PEFT', () => {
   });
 });
 
+describe('untrusted patterns', () => {
+  /** A model whose one Linear has a long dotted name, as transformers' modules do. */
+  class Deep extends nn.Module {
+    readonly block = this.registerModule(
+      'transformer_block_with_a_longer_name_0',
+      new nn.Sequential(new nn.Linear(12, 6, { seed: 4 })),
+    );
+    forward(input: tera.autograd.Input) {
+      return this.block.forward(input);
+    }
+  }
+  const longName = 'transformer_block_with_a_longer_name_0.0';
+  const tensors = {
+    [`base_model.model.${longName}.lora_A.weight`]: { dtype: 'F32' as const, shape: [2, 12], values: eighths(24) },
+    [`base_model.model.${longName}.lora_B.weight`]: { dtype: 'F32' as const, shape: [6, 2], values: eighths(12) },
+  };
+
+  /** Runs `fn`, returning what it threw (or 'no error') and how long it took. */
+  function timed(fn: () => unknown): { error: string; ms: number } {
+    const start = performance.now();
+    let error = 'no error';
+    try {
+      fn();
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    return { error, ms: performance.now() - start };
+  }
+
+  it("matches catastrophic-backtracking patterns like '(.*)*x' in linear time, with PEFT's full-match result", () => {
+    expect(longName.length).toBeGreaterThanOrEqual(40);
+    // A backtracking engine needs about 2^40 steps to find that these do not match (1.2 s at 24 characters,
+    // doubling per character); RE2 needs one pass. The bound is generous: it only catches a hang.
+    for (const pattern of ['(.*)*x', '(a|.)*(a|.)*(a|.)*#', '(.*.*)*\\d{3}z']) {
+      const dir = writeForeignAdapter(peftLoraConfig({ r: 2, target_modules: pattern }), tensors);
+      const result = timed(() => tera.loadAdapter(new Deep(), dir));
+      expect(result.error).toMatch(/matches no module/);
+      expect(result.ms).toBeLessThan(5000);
+    }
+    // The same kind of pattern where it does match the whole name: the adapter loads.
+    const dir = writeForeignAdapter(peftLoraConfig({ r: 2, target_modules: '(.*)*\\.0' }), tensors);
+    const peft = tera.loadAdapter(new Deep(), dir);
+    expect(peft.adapterLayers().map(([name]) => name)).toEqual([longName]);
+    peft.unload();
+    // rank_pattern keys are patterns too.
+    const keyed = writeForeignAdapter(
+      peftLoraConfig({ r: 2, target_modules: [longName], rank_pattern: { '(.*)*x': 7 } }),
+      tensors,
+    );
+    const result = timed(() => tera.loadAdapter(new Deep(), keyed).unload());
+    expect(result).toEqual({ error: 'no error', ms: expect.any(Number) });
+    expect(result.ms).toBeLessThan(5000);
+  });
+
+  it('refuses patterns a linear-time engine cannot run, saying why', () => {
+    for (const pattern of ['(?=transformer).*', '(a)\\1']) {
+      const dir = writeForeignAdapter(peftLoraConfig({ r: 2, target_modules: pattern }), tensors);
+      expect(() => tera.loadAdapter(new Deep(), dir)).toThrow(
+        /is not a regular expression tera-peft can match in linear time/,
+      );
+    }
+    expect(() => new tera.LoraConfig({ targetModules: /(?<=a)b/ })).toThrow(/can match in linear time/);
+  });
+});
+
 describe('interrupted and concurrent saves', () => {
   const writer = path.join(__dirname, 'helpers', 'adapter-writer.ts');
   const spawnWriter = (mode: string, dir: string) =>

@@ -3,18 +3,30 @@
  * exclude_modules given as one string are a regex that must match the whole
  * name (re.fullmatch); rank_pattern / alpha_pattern keys match a name when
  * '(.*\.)?(key)' matches it whole (PEFT's get_pattern_key), first key first.
+ *
+ * The patterns usually come from adapter_config.json, often a downloaded file,
+ * so they run on RE2 (the re2js port, pure JavaScript): matching takes time
+ * linear in the name, whatever the pattern. A backtracking engine takes
+ * exponential time on patterns like '(.*)*x', which would let a hostile file
+ * hang loadAdapter. RE2 refuses the few constructs it cannot run in linear
+ * time (lookaround, backreferences); such a pattern is refused with its reason.
  */
+import { RE2JS } from 're2js';
+
 import { describeValue } from '../shape';
 
 /** Compiles `pattern` for whole-name matching; throws naming `what` if it is not a valid pattern. */
 export function compilePattern(pattern: string, what: string): (name: string) => boolean {
-  let regex: RegExp;
+  let regex: RE2JS;
   try {
-    regex = new RegExp(`^(?:${pattern})$`);
+    regex = RE2JS.compile(pattern);
   } catch (error) {
-    throw new Error(`${what}: '${pattern}' is not a valid regular expression: ${(error as Error).message}`);
+    throw new Error(
+      `${what}: '${pattern}' is not a regular expression tera-peft can match in linear time (RE2 syntax: no ` +
+        `lookaround or backreferences): ${(error as Error).message}`,
+    );
   }
-  return (name) => regex.test(name);
+  return (name) => regex.matches(name);
 }
 
 /** PEFT's rank_pattern / alpha_pattern: a value per pattern key, in the file's order. */
