@@ -13,7 +13,7 @@ export { VeraLayer } from './vera/layer';
 export type { VeraConfigOptions } from './vera/config';
 export { LoraConfig } from './lora/config';
 export { LoraLayer } from './lora/layer';
-export type { LoraConfigOptions } from './lora/config';
+export type { LoraConfigOptions, LoraInit } from './lora/config';
 export { AdapterLinear } from './layer';
 export { PeftModel, injectAdapter } from './peft-model';
 export type { MergeOptions } from './peft-model';
@@ -22,4 +22,4 @@ export type { SaveAdapterOptions, LoadAdapterOptions, SavedAdapter } from './sav
 export { lowRankLinear } from './low-rank';
 export type { LowRankParts } from './low-rank';
 export { workspaceCount } from './workspace';
-export type { MethodLayer, AdapterMethod, LayerPlan, TensorSpec } from './method';
+export type { MethodLayer, AdapterMethod, CreateContext, LayerPlan, TensorSpec } from './method';
