@@ -7,75 +7,25 @@
 import * as tera from '../lib';
 import { autograd as ag, adapters, nn } from '../lib';
 import { native } from '../lib/native/loader';
-import { gemm as gemm64, randomArray, reconstruct, rng } from './helpers/reference';
-import { expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
+import { METHOD_CASES, type ValueOf, effectiveWeight64, f64 } from './helpers/methods';
+import { gemm as gemm64, randomArray, rng } from './helpers/reference';
+import { expectAllClose, expectDiffer, expectMaxAbsDiff, isClose } from './helpers/tolerance';
 
 const next = rng(50);
 type Var = tera.autograd.Var;
-
-function f64(t: tera.Tensor | Var): Float64Array {
-  return Float64Array.from(t.toFloat32Array());
-}
 
 /** Sets every parameter of `layer`'s adapters to random values in [-1, 1). */
 function randomise(params: tera.nn.Parameter[]): void {
   for (const p of params) p.data.set(randomArray(p.size, next));
 }
 
-/**
- * W0 + dW of an adapted layer, in float64, from the definitions (docs/math.md),
- * reading parameter values through `value` so finite differences can perturb them.
- */
-function effectiveWeight64(
-  layer: tera.adapters.AdapterLinear,
-  value: (p: tera.nn.Parameter) => Float64Array,
-): Float64Array {
-  const { outFeatures: out, inFeatures: inp } = layer;
-  const w = value(layer.baseLayer.weight).slice();
-  const name = layer.activeAdapters.find((n) => !layer.mergedAdapters.includes(n));
-  if (name === undefined) return w;
-  const adapter = layer.adapter(name)!;
-  let dW: Float64Array;
-  if (adapter instanceof adapters.TeraLayer) {
-    const { core, factors, shape } = adapter.shared;
-    dW = reconstruct(
-      f64(core),
-      shape.modes,
-      shape.ranks,
-      factors.map(f64),
-      adapter.lambdas.map((l) => value(l)),
-      adapter.alpha,
-    ).value;
-  } else if (adapter instanceof adapters.VeraLayer) {
-    const a = f64(adapter.projectionA);
-    const b = f64(adapter.projectionB);
-    const lb = value(adapter.parameters.get('vera_lambda_b')!);
-    const ld = value(adapter.parameters.get('vera_lambda_d')!);
-    const r = ld.length;
-    const bScaled = b.map((v, i) => v * lb[Math.floor(i / r)] * ld[i % r]);
-    dW = gemm64(bScaled, a, out, inp, r, false, false, 1, 0, null).value;
-  } else if (adapter instanceof adapters.LoraLayer) {
-    const a = value(adapter.parameters.get('lora_A.weight')!);
-    const b = value(adapter.parameters.get('lora_B.weight')!);
-    dW = gemm64(b, a, out, inp, a.length / inp, false, false, adapter.scaling, 0, null).value;
-  } else {
-    throw new Error('unknown adapter layer');
-  }
-  return w.map((v, i) => v + dW[i]);
-}
-
 /** The model's forward in float64: adapted or plain Linear layers with tanh between (MLP layout). */
-function forward64(
-  peft: tera.PeftModel,
-  x: Float64Array,
-  rows: number,
-  value: (p: tera.nn.Parameter) => Float64Array,
-): Float64Array {
+function forward64(peft: tera.PeftModel, x: Float64Array, rows: number, value: ValueOf): Float64Array {
   const layers = peft.model.namedChildren().filter(([, m]) => !(m instanceof nn.Tanh));
   let h = x;
   layers.forEach(([, m], i) => {
     const linear = m instanceof adapters.AdapterLinear ? m.baseLayer : (m as tera.nn.Linear);
-    const w = m instanceof adapters.AdapterLinear ? effectiveWeight64(m, value) : value(linear.weight);
+    const w = m instanceof adapters.AdapterLinear ? effectiveWeight64(peft, m, value) : value(linear.weight);
     const b = value(linear.bias!);
     const out = linear.outFeatures;
     h = gemm64(h, w, rows, out, linear.inFeatures, false, true, 1, 0, null).value.map((v, k) => v + b[k % out]);
@@ -101,7 +51,7 @@ function checkGradients(peft: tera.PeftModel, inFeatures: number, rows: number):
 
   const weights = randomArray(y.size, next);
   y.backward(tera.tensor(weights, y.shape));
-  const loss = (xv: Float64Array, value: (p: tera.nn.Parameter) => Float64Array) =>
+  const loss = (xv: Float64Array, value: ValueOf) =>
     forward64(peft, xv, rows, value).reduce((s, v, i) => s + v * weights[i], 0);
   const h = 1e-6;
   const compare = (what: string, analytic: Float32Array, probe: (i: number, delta: number) => number) => {
@@ -188,6 +138,164 @@ describe('TeRA tensorisation', () => {
   });
 });
 
+describe('configs derived from one field table', () => {
+  const classes = [tera.TeraConfig, tera.VeraConfig, tera.LoraConfig];
+
+  it('writes every field under its JSON key with its default, and reads the same config back', () => {
+    for (const Config of classes) {
+      const config = new Config({ targetModules: ['q'] });
+      const json = config.toJson();
+      const fields: [string, adapters.FieldSpec<unknown>][] = Object.entries(Config.fields);
+      const stored = fields.filter(([, spec]) => spec.json !== null);
+      expect(new Set(stored.map(([, spec]) => spec.json)).size).toBe(stored.length);
+      for (const [name, spec] of fields) {
+        const value = (config as unknown as Record<string, unknown>)[name];
+        if ('default' in spec) expect([name, value]).toEqual([name, spec.default]);
+        if (spec.json !== null) {
+          expect([name, json[spec.json]]).toEqual([name, spec.toJson ? spec.toJson(value) : value]);
+        }
+        expect(spec.help.length).toBeGreaterThan(0);
+      }
+      expect(json.peft_type).toBe(config.peftType);
+      expect((Config as typeof tera.LoraConfig).fromJson(json)).toEqual(config);
+    }
+  });
+
+  it('reads non-default values back exactly', () => {
+    const teraConfig = new tera.TeraConfig({
+      targetModules: '.*proj',
+      excludeModules: ['x'],
+      maxModeSize: 8,
+      maxRank: 4,
+      outModes: [2, 3],
+      inModes: [6],
+      ranks: [2, 2, 3],
+      alpha: 0.25,
+      seed: 11,
+      saveFactors: true,
+    });
+    expect(tera.TeraConfig.fromJson(teraConfig.toJson())).toEqual(teraConfig);
+    const veraConfig = new tera.VeraConfig({
+      targetModules: ['a'],
+      r: 3,
+      dInitial: 0.5,
+      seed: 2,
+      saveProjection: true,
+    });
+    expect(tera.VeraConfig.fromJson(veraConfig.toJson())).toEqual(veraConfig);
+    const loraConfig = new tera.LoraConfig({
+      targetModules: ['a'],
+      r: 3,
+      alpha: 5,
+      useRslora: true,
+      rankPattern: { q: 2, 'k|v': 4 },
+      alphaPattern: { v: 1.5 },
+      dropout: 0.1,
+      initLoraWeights: 'gaussian',
+    });
+    expect(tera.LoraConfig.fromJson(loraConfig.toJson())).toEqual(loraConfig);
+    // The seed only initialises A and B, which a saved adapter stores: it is not written.
+    const seeded = new tera.LoraConfig({ targetModules: ['a'], seed: 4 });
+    expect([seeded.seed, 'seed' in seeded.toJson(), tera.LoraConfig.fromJson(seeded.toJson()).seed]).toEqual([
+      4,
+      false,
+      0,
+    ]);
+  });
+});
+
+describe('PEFT options', () => {
+  it('refuses options a config does not have, and values only a loaded file may hold', () => {
+    expect(() => new tera.LoraConfig({ targetModules: ['0'], rank: 4 } as never)).toThrow(
+      /LoraConfig has no option 'rank'; its options: targetModules \(.*\); .*r \(the rank \(as PEFT\)\)/,
+    );
+    const model = baseMlp([6, 4, 2]);
+    const names = model.namedModules().map(([n, m]) => `${n}:${m}`);
+    expect(() => inject(model, new tera.LoraConfig({ targetModules: ['0'], dropout: 0.1 }))).toThrow(
+      /cannot make a new adapter:\n {2}- dropout: tera-peft has no dropout/,
+    );
+    expect(() => inject(model, new tera.LoraConfig({ targetModules: ['0'], initLoraWeights: 'eva' }))).toThrow(
+      /initLoraWeights: 'eva' initialisation is not implemented/,
+    );
+    expect(() => inject(model, new tera.VeraConfig({ targetModules: ['0'], initWeights: false }))).toThrow(
+      /initWeights: init_weights false is not implemented/,
+    );
+    expect(model.namedModules().map(([n, m]) => `${n}:${m}`)).toEqual(names);
+    expect(new tera.VeraConfig({ targetModules: ['0'] }).saveProjection).toBe(true); // PEFT's default
+  });
+
+  it('LoRA takes r and alpha per module from rank_pattern / alpha_pattern (first match), and alpha / sqrt(r) with rsLoRA', () => {
+    const config = new tera.LoraConfig({
+      targetModules: ['q_proj', 'v_proj', 'head'],
+      r: 2,
+      alpha: 4,
+      useRslora: true,
+      rankPattern: { 'decoder\\..*': 5, v_proj: 3 }, // decoder.v_proj takes 5: the first key that names it
+      alphaPattern: { head: 9 },
+    });
+    const peft = inject(new TwoBlocks(), config);
+    const got = peft.adapterLayers().map(([name, layer]) => {
+      const lora = layer.adapter('default') as tera.adapters.LoraLayer;
+      return [name, lora.parameters.get('lora_A.weight')!.shape[0], lora.scaling];
+    });
+    expect(got).toEqual([
+      ['encoder.q_proj', 2, 4 / Math.sqrt(2)],
+      ['encoder.v_proj', 3, 4 / Math.sqrt(3)],
+      ['decoder.q_proj', 5, 4 / Math.sqrt(5)],
+      ['decoder.v_proj', 5, 4 / Math.sqrt(5)],
+      ['head', 2, 9 / Math.sqrt(2)],
+    ]);
+  });
+
+  it("LoRA initialises as PEFT's init_lora_weights says: true, false and 'gaussian'", () => {
+    const stats = (t: tera.Tensor) => {
+      const v = t.toFloat32Array();
+      return { maxAbs: Math.max(...v.map(Math.abs)), rms: Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length) };
+    };
+    const layerOf = (init: true | false | 'gaussian') => {
+      const peft = inject(
+        new nn.Sequential(new nn.Linear(400, 300, { seed: 1 })),
+        new tera.LoraConfig({ targetModules: ['0'], r: 16, initLoraWeights: init }),
+      );
+      const lora = peft.adapterLayers()[0][1].adapter('default')!;
+      return {
+        a: stats(lora.parameters.get('lora_A.weight')!.data),
+        b: stats(lora.parameters.get('lora_B.weight')!.data),
+      };
+    };
+    const kaiming = layerOf(true); // A ~ U(+-1/sqrt(in)), B = 0
+    expect(kaiming.b.maxAbs).toBe(0);
+    expect(isClose(kaiming.a.maxAbs, 1 / Math.sqrt(400), 0.01, 0)).toBe(true);
+    const random = layerOf(false); // B ~ U(+-1/sqrt(r)) too: not a no-op
+    expect(isClose(random.b.maxAbs, 1 / Math.sqrt(16), 0.01, 0)).toBe(true);
+    const gaussian = layerOf('gaussian'); // A ~ N(0, (1/r)^2), B = 0
+    expect([gaussian.b.maxAbs, isClose(gaussian.a.rms, 1 / 16, 0.03, 0)]).toEqual([0, true]);
+  });
+
+  it("VeRA's generated projections are Kaiming-uniform with PEFT's bound sqrt(6 / fan_in)", () => {
+    const peft = inject(
+      new nn.Sequential(new nn.Linear(96, 64, { seed: 2 })),
+      new tera.VeraConfig({ targetModules: ['0'] }),
+    );
+    const vera = peft.adapterLayers()[0][1].adapter('default') as tera.adapters.VeraLayer;
+    // A [256, 96]: fan_in 96; B [64, 256]: fan_in r = 256 (torch's fan_in of a [rows, cols] tensor is cols).
+    for (const [t, fanIn] of [
+      [vera.projectionA, 96],
+      [vera.projectionB, 256],
+    ] as const) {
+      const v = t.toFloat32Array();
+      const bound = Math.sqrt(6 / fanIn);
+      const maxAbs = Math.max(...v.map(Math.abs));
+      const meanSquare = v.reduce((s, x) => s + x * x, 0) / v.length;
+      expect([
+        maxAbs <= bound,
+        isClose(maxAbs, bound, 0.01, 0),
+        isClose(meanSquare, (bound * bound) / 3, 0.05, 0),
+      ]).toEqual([true, true, true]);
+    }
+  });
+});
+
 class Block extends nn.Module {
   readonly q_proj = this.registerModule('q_proj', new nn.Linear(4, 4, { seed: 1 }));
   readonly v_proj = this.registerModule('v_proj', new nn.Linear(4, 4, { seed: 2 }));
@@ -259,14 +367,9 @@ describe('target matching (PEFT rules)', () => {
 });
 
 describe('gradients against float64 finite differences', () => {
-  const methods: [string, () => tera.adapters.AdapterConfig][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0'], alpha: 0.7, seed: 3 })],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0'], r: 3, seed: 3 })],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0'], r: 2, alpha: 3 })],
-  ];
-  for (const [label, config] of methods) {
-    it(`${label} on one Linear: at initialisation, at random adapter values, with a trainable base`, () => {
-      const peft = inject(baseMlp([6, 4]), config());
+  for (const method of METHOD_CASES) {
+    it(`${method.name} on one Linear: at initialisation, at random adapter values, with a trainable base`, () => {
+      const peft = inject(baseMlp([6, 4]), method.config(['0']));
       checkGradients(peft, 6, 3);
       randomise(peft.trainableParameters());
       checkGradients(peft, 6, 3);
@@ -309,18 +412,13 @@ describe('gradients against float64 finite differences', () => {
 });
 
 describe('merge, unmerge, disable', () => {
-  const configs: [string, () => tera.adapters.AdapterConfig][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0', '2'] })],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0', '2'], r: 4 })],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0', '2'], r: 4 })],
-  ];
   const x = tera.tensor(randomArray(5 * 12, next), [5, 12]);
 
-  for (const [label, config] of configs) {
-    it(`${label}: starts at the base output, disables to it exactly, merges, and unmerges to W0`, () => {
+  for (const method of METHOD_CASES) {
+    it(`${method.name}: starts at the base output, disables to it exactly, merges, and unmerges to W0`, () => {
       const reference = baseMlp([12, 16, 6]);
       const base = reference.forward(x).toFloat32Array();
-      const peft = inject(baseMlp([12, 16, 6]), config());
+      const peft = inject(baseMlp([12, 16, 6]), method.config(['0', '2']));
       expect(peft.forward(x).toFloat32Array()).toEqual(base); // dW = 0 exactly at initialisation
 
       randomise(peft.trainableParameters());
@@ -329,7 +427,7 @@ describe('merge, unmerge, disable', () => {
       expectDiffer(adapted, base, 1e-2);
       expect(peft.disableAdapters(() => peft.forward(x).toFloat32Array())).toEqual(base);
       expect(peft.forward(x).toFloat32Array()).toEqual(adapted);
-      const expectedMerged = peft.adapterLayers().map(([, l]) => effectiveWeight64(l, f64));
+      const expectedMerged = peft.adapterLayers().map(([, l]) => effectiveWeight64(peft, l, f64));
 
       peft.mergeAdapter();
       expect(peft.merged).toBe(true);
@@ -350,6 +448,54 @@ describe('merge, unmerge, disable', () => {
       expectMaxAbsDiff(plain.forward(x).toFloat32Array(), adapted, 1e-5);
     });
   }
+
+  it('safe merge checks every merged weight on a copy first and merges nothing if one is not finite', () => {
+    const peft = inject(baseMlp([12, 16, 6]), new tera.LoraConfig({ targetModules: ['0', '2'], r: 2 }));
+    randomise(peft.trainableParameters());
+    const w0 = peft.adapterLayers().map(([, l]) => l.baseLayer.weight.toFloat32Array());
+    // Layer '2' is broken: its update overflows float32.
+    const broken = peft.model.getSubmodule('2') as tera.adapters.AdapterLinear;
+    broken
+      .adapter('default')!
+      .parameters.get('lora_B.weight')!
+      .data.set(new Float32Array(6 * 2).fill(3e38));
+    expect(() => peft.mergeAdapter(null, { safeMerge: true })).toThrow(
+      /safe merge refused, nothing was merged .*\n {2}- '2': merging 'default' makes \d+ of 96 weights non-finite/,
+    );
+    expect(peft.merged).toBe(false);
+    peft.adapterLayers().forEach(([, l], i) => expect(l.baseLayer.weight.toFloat32Array()).toEqual(w0[i]));
+    expect(() => peft.mergeAndUnload({ safeMerge: true })).toThrow(/safe merge refused/);
+    expect(peft.model.getSubmodule('0')).toBeInstanceOf(adapters.AdapterLinear);
+
+    // Without the check the merge goes through, as PEFT's default does.
+    peft.mergeAdapter();
+    expect(broken.baseLayer.weight.toFloat32Array().every(Number.isFinite)).toBe(false);
+  });
+
+  it('unmerge restores W0 to within 2^-24 (|W0 + dW| + |W0|), the two float32 roundings docs/api-adapters.md states', () => {
+    for (const config of [
+      new tera.LoraConfig({ targetModules: ['0', '2'], r: 2, alpha: 2e6 }),
+      new tera.TeraConfig({ targetModules: ['0', '2'], alpha: 1e6 }),
+      new tera.VeraConfig({ targetModules: ['0', '2'], r: 4, dInitial: 1e3 }),
+    ]) {
+      const peft = inject(baseMlp([12, 16, 6]), config);
+      randomise(peft.trainableParameters());
+      const layers = peft.adapterLayers().map(([, l]) => l.baseLayer.weight);
+      const w0 = layers.map((w) => w.toFloat32Array());
+      peft.mergeAdapter();
+      const merged = layers.map((w) => w.toFloat32Array());
+      peft.unmergeAdapter();
+      layers.forEach((w, i) => {
+        const restored = w.toFloat32Array();
+        const magnitude = merged[i].map((m, j) => Math.abs(m) + Math.abs(w0[i][j]));
+        // 1 + 2^-20 covers |W0 + dW| vs the rounded |merged| it is measured by.
+        expectAllClose(restored, w0[i], { rtol: 2 ** -24 * (1 + 2 ** -20), atol: 0, magnitude });
+        expectDiffer(restored, w0[i], 0); // at this scale the roundings really show
+      });
+      peft.unload();
+      live.splice(live.indexOf(peft), 1);
+    }
+  });
 
   it('disabling a merged adapter unmerges it first, with a warning', () => {
     const reference = baseMlp([12, 16, 6]).forward(x).toFloat32Array();
@@ -501,17 +647,12 @@ describe('training', () => {
     });
   })();
 
-  const cases: [string, () => tera.adapters.AdapterConfig, number][] = [
-    ['TeRA', () => new tera.TeraConfig({ targetModules: ['0', '2'] }), 0.05],
-    ['VeRA', () => new tera.VeraConfig({ targetModules: ['0', '2'], r: 16 }), 0.05],
-    ['LoRA', () => new tera.LoraConfig({ targetModules: ['0', '2'], r: 4 }), 0.02],
-  ];
-  for (const [label, config, lr] of cases) {
-    it(`${label} lowers the loss of a frozen MLP on a shifted task`, () => {
-      const peft = inject(baseMlp([8, 16, 4]), config());
+  for (const method of METHOD_CASES) {
+    it(`${method.name} lowers the loss of a frozen MLP on a shifted task`, () => {
+      const peft = inject(baseMlp([8, 16, 4]), method.config(['0', '2']));
       const frozen = peft.parameters().filter((p) => !p.requiresGrad);
       const frozenBefore = frozen.map((p) => Array.from(p.toFloat32Array()));
-      const opt = new tera.AdamW(peft.trainableParameters(), { lr, weightDecay: 0 });
+      const opt = new tera.AdamW(peft.trainableParameters(), { lr: method.lr, weightDecay: 0 });
       const losses: number[] = [];
       for (let step = 0; step < 60; step++) {
         losses.push(

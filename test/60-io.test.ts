@@ -1,3 +1,4 @@
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -75,6 +76,14 @@ describe('safetensors round trip', () => {
     expect(tensors.empty.data.length).toBe(0);
     expect(Array.from(tensors['2'].data)).toEqual([2]);
     expect(types.isFloat32Array(tensors.special.data)).toBe(true);
+  });
+
+  test('reads equal keys in different objects and strings with escaped quotes and brackets', () => {
+    const header = '{"__metadata__":{"w":"a \\"}]{[ b"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
+    const file = rawFile('ok', header, float32Bytes([2.5]));
+    const { tensors, metadata } = readSafetensors(file);
+    expect(metadata).toEqual({ w: 'a "}]{[ b' });
+    expect(Array.from(tensors.w.data)).toEqual([2.5]);
   });
 
   test('no metadata argument means no __metadata__ entry, and reads back as {}', () => {
@@ -176,7 +185,7 @@ describe('readSafetensors refuses malformed files', () => {
     ['a huge header length', () => rawFile('huge', '{}', undefined, 1n << 60n), /exceeds the 100000000-byte limit/],
     ['a header that is not UTF-8', () => writeHeaderBytes('utf', Buffer.from([0x7b, 0xff, 0x7d])), /not valid UTF-8/],
     ['malformed JSON', () => rawFile('json', '{"a": {"dtype": "F32",'), /not valid JSON/],
-    ['a header that is an array', () => rawFile('arr', '[]'), /must be a JSON object, got an array/],
+    ['a header that is an array', () => rawFile('arr', '[]'), /must be a JSON object, got Array\(0\)/],
     ['metadata that is not an object', () => rawFile('m1', { __metadata__: 'x' }), /"__metadata__" must be an object/],
     [
       'metadata with a number',
@@ -219,6 +228,36 @@ describe('readSafetensors refuses malformed files', () => {
       () => rawFile('tail', { a: f32([1], [0, 4]) }, new Uint8Array(6)),
       /cover 4 bytes but the data section has 6/,
     ],
+    [
+      'a header that does not start with {',
+      () => rawFile('lead', ` {"w":${JSON.stringify(f32([1], [0, 4]))}}`, new Uint8Array(4)),
+      /the header starts with " "; the format requires it to start with '\{'/,
+    ],
+    [
+      'a tensor name given twice (JSON.parse would keep the second)',
+      () =>
+        rawFile(
+          'dup',
+          `{"w":${JSON.stringify(f32([2], [0, 8]))},"w":${JSON.stringify(f32([1], [0, 4]))}}`,
+          new Uint8Array(4),
+        ),
+      /the header has the key "w" twice in one object/,
+    ],
+    [
+      'a key given twice inside an entry, spelled with an escape',
+      () =>
+        rawFile(
+          'dup2',
+          '{"w":{"dtype":"F16","d\\u0074ype":"F32","shape":[1],"data_offsets":[0,4]}}',
+          new Uint8Array(4),
+        ),
+      /the header has the key "dtype" twice in one object/,
+    ],
+    [
+      'a metadata key given twice',
+      () => rawFile('dup3', '{"__metadata__":{"format":"pt","format":"np"}}'),
+      /the header has the key "format" twice in one object/,
+    ],
     ['a missing file', () => path.join(dir, 'absent.safetensors'), /cannot read the file/],
   ])('%s', (_label, make, message) => {
     const file = make();
@@ -252,7 +291,7 @@ describe('writeSafetensors refuses bad input and leaves the old file', () => {
       'data that is not float32',
       { w: { data: [1, 2], shape: [2] } },
       undefined,
-      /data as a Float32Array, got an array/,
+      /data as a Float32Array, got Array\(2\)/,
     ],
     ['a negative dimension', { w: { data: new Float32Array(0), shape: [-1] } }, undefined, /dimension -1/],
     ['the reserved name', { __metadata__: new Float32Array(1) }, undefined, /reserved for metadata/],
@@ -309,6 +348,30 @@ describe('writeFileAtomic', () => {
   test('a missing directory is reported with the path', () => {
     const target = path.join(dir, 'no', 'such', 'dir', 'f.txt');
     expect(() => writeFileAtomic(target, 'x')).toThrow(`could not write ${target}: ENOENT`);
+  });
+
+  test('removes the temporary file of a writer killed before its rename, never those of a live writer', async () => {
+    const writer = path.join(__dirname, 'helpers', 'adapter-writer.ts');
+    const crashed = spawnSync(process.execPath, ['--require', 'tsx/cjs', writer, 'crash-in-write', dir]);
+    expect(crashed.signal).toBe('SIGKILL');
+    const stale = leftovers();
+    expect(stale).toEqual([expect.stringMatching(new RegExp(`^\\.blob\\.bin\\.${crashed.pid}\\.[0-9a-f]{12}\\.tmp$`))]);
+    expect(fs.statSync(path.join(dir, stale[0])).size).toBe(1 << 16); // a whole copy of the data, left forever before
+
+    // A live process's temporary file may be a write in progress: it stays.
+    const live = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    const inProgress = `.blob.bin.${live.pid}.0123456789ab.tmp`;
+    fs.writeFileSync(path.join(dir, inProgress), 'partial');
+    try {
+      writeFileAtomic(path.join(dir, 'blob.bin'), 'fresh');
+      expect(leftovers()).toEqual([inProgress]);
+      expect(fs.readFileSync(path.join(dir, 'blob.bin'), 'utf8')).toBe('fresh');
+    } finally {
+      live.kill('SIGKILL');
+    }
+    await new Promise((resolve) => live.on('exit', resolve));
+    writeFileAtomic(path.join(dir, 'blob.bin'), 'again');
+    expect(leftovers()).toEqual([]);
   });
 
   test('rejects data that is neither a string nor bytes', () => {

@@ -1,8 +1,24 @@
 /**
- * What every adapter config shares: which modules it targets (PEFT's rules)
- * and the JSON helpers for adapter_config.json, whose field names follow PEFT
- * (snake_case) because that is the file format users already know.
+ * What every adapter config shares: which modules it targets (PEFT's rules),
+ * and the config class every method's config derives from its field table
+ * (fields.ts). adapter_config.json uses PEFT's snake_case names because that
+ * is the file format users already know.
  */
+import { describeValue } from '../shape';
+import { compilePattern } from './patterns';
+import {
+  type FieldOptions,
+  type FieldSpec,
+  type FieldValues,
+  type Fields,
+  type JsonObject,
+  type OptionalField,
+  type PeftOnlyField,
+  fieldProblems,
+  fieldsFromJson,
+  fieldsToJson,
+  readFields,
+} from './fields';
 
 /**
  * Which modules to adapt, as in PEFT:
@@ -14,15 +30,6 @@ export type TargetModules = readonly string[] | string | RegExp;
 
 export type PeftType = 'TERA' | 'VERA' | 'LORA';
 
-export interface TargetOptions {
-  targetModules: TargetModules;
-  /** Modules to leave alone even if targetModules matches them (same rules). */
-  excludeModules?: TargetModules | null;
-}
-
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-export type JsonObject = { [key: string]: Json };
-
 function normaliseTargets(value: unknown, what: string): TargetModules {
   if (value instanceof RegExp) {
     if (value.flags !== '') {
@@ -30,39 +37,35 @@ function normaliseTargets(value: unknown, what: string): TargetModules {
         `${what}: RegExp flags (/${value.flags}) are not supported; the pattern is saved as a PEFT regex`,
       );
     }
+    compilePattern(value.source, what);
     return value;
   }
   if (typeof value === 'string') {
     if (value === '') throw new Error(`${what}: an empty pattern matches nothing`);
-    try {
-      new RegExp(value);
-    } catch (error) {
-      throw new Error(`${what}: '${value}' is not a valid regular expression: ${(error as Error).message}`);
-    }
+    compilePattern(value, what);
     return value;
   }
   if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string' && v !== '')) {
     return Object.freeze([...value]);
   }
   throw new Error(
-    `${what} must be a non-empty list of module names, a regex string or a RegExp, got ${describe(value)}`,
+    `${what} must be a non-empty list of module names, a regex string or a RegExp, got ${describeValue(value)}`,
   );
 }
 
-function describe(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((v) => JSON.stringify(v)).join(', ')}]`;
-  return value === null ? 'null' : typeof value === 'object' ? 'an object' : JSON.stringify(value);
-}
+/** PEFT's shorthand for every Linear layer but the output layer. */
+export const ALL_LINEAR = 'all-linear';
 
-function fullMatch(pattern: string | RegExp, name: string): boolean {
-  const source = typeof pattern === 'string' ? pattern : pattern.source;
-  return new RegExp(`^(?:${source})$`).test(name);
+/** Whether `spec` is PEFT's 'all-linear' shorthand (any letter case, as PEFT). */
+export function isAllLinear(spec: TargetModules): boolean {
+  return typeof spec === 'string' && spec.toLowerCase() === ALL_LINEAR;
 }
 
 /** The entries of `spec` (one for a pattern) with the names each matches. */
 export function matchTargets(spec: TargetModules, names: readonly string[]): { entry: string; matched: string[] }[] {
   if (typeof spec === 'string' || spec instanceof RegExp) {
-    return [{ entry: String(spec), matched: names.filter((n) => fullMatch(spec, n)) }];
+    const matches = compilePattern(typeof spec === 'string' ? spec : spec.source, 'targets');
+    return [{ entry: String(spec), matched: names.filter(matches) }];
   }
   return spec.map((entry) => ({ entry, matched: names.filter((n) => n === entry || n.endsWith(`.${entry}`)) }));
 }
@@ -77,76 +80,141 @@ export function randomStream(label: string): bigint {
   return hash;
 }
 
-export function checkInteger(value: unknown, what: string, min: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw new Error(`${what} must be an integer >= ${min}, got ${describe(value)}`);
-  }
-  return value;
-}
-
-export function checkSeed(value: unknown, what: string): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw new Error(`${what} must be a non-negative safe integer, got ${describe(value)}`);
-  }
-  return value;
-}
-
-export function checkFinite(value: unknown, what: string): number {
-  if (typeof value !== 'number' || !Number.isFinite(value)) throw new Error(`${what} must be a finite number`);
-  return value;
-}
-
-export function checkBoolean(value: unknown, what: string): boolean {
-  if (typeof value !== 'boolean') throw new Error(`${what} must be true or false, got ${describe(value)}`);
-  return value;
-}
-
-/** The fields every config has; subclasses add their method's fields. */
-export abstract class AdapterConfig {
-  abstract readonly peftType: PeftType;
-  readonly targetModules: TargetModules;
-  readonly excludeModules: TargetModules | null;
-
-  constructor(options: TargetOptions, what: string) {
-    if (options === null || typeof options !== 'object') throw new Error(`${what} needs an options object`);
-    this.targetModules = normaliseTargets(options.targetModules, `${what}: targetModules`);
-    this.excludeModules =
-      options.excludeModules === undefined || options.excludeModules === null
-        ? null
-        : normaliseTargets(options.excludeModules, `${what}: excludeModules`);
-  }
-
-  /** The adapter_config.json object (PEFT's field names). */
-  toJson(): JsonObject {
-    return {
-      peft_type: this.peftType,
-      target_modules: targetsToJson(this.targetModules),
-      exclude_modules: this.excludeModules === null ? null : targetsToJson(this.excludeModules),
-      base_model_name_or_path: null,
-      task_type: null,
-      inference_mode: true,
-      ...this.methodJson(),
-    };
-  }
-
-  protected abstract methodJson(): JsonObject;
-}
-
-function targetsToJson(spec: TargetModules): Json {
+function targetsToJson(spec: TargetModules): string | string[] {
   if (spec instanceof RegExp) return spec.source;
   return typeof spec === 'string' ? spec : [...spec];
 }
 
-/** Reads the target fields of adapter_config.json. */
-export function targetsFromJson(json: JsonObject): TargetOptions {
-  return {
-    targetModules: json.target_modules as TargetModules,
-    excludeModules: (json.exclude_modules ?? null) as TargetModules | null,
-  };
+/** The fields every config has: which modules to adapt, and which of those to leave alone. */
+const TARGET_FIELDS = {
+  targetModules: {
+    json: 'target_modules',
+    help: 'the modules to adapt: names (exact or dotted suffix), or a regex matching the whole name',
+    check: (value, what) => normaliseTargets(value, what),
+    toJson: targetsToJson,
+  } satisfies FieldSpec<TargetModules>,
+  excludeModules: {
+    json: 'exclude_modules',
+    default: null,
+    help: 'modules to leave alone even if targetModules matches them (same rules)',
+    check: (value, what) => (value === null ? null : normaliseTargets(value, what)),
+    toJson: (value) => (value === null ? null : targetsToJson(value)),
+  } satisfies OptionalField<TargetModules | null>,
+};
+
+/** Options every config takes. */
+export type TargetOptions = FieldOptions<typeof TARGET_FIELDS>;
+
+/** PEFT's own entries, written for PEFT's loader. */
+const PEFT_BASE_JSON: JsonObject = { base_model_name_or_path: null, task_type: null, inference_mode: true };
+
+/** PEFT's bookkeeping in adapter_config.json: read and ignored, as they change nothing computed here. */
+const PEFT_BOOKKEEPING = [
+  'peft_type',
+  'base_model_name_or_path',
+  'revision',
+  'task_type',
+  'inference_mode',
+  'auto_mapping',
+  'peft_version',
+];
+
+/** What configClass() attaches to each config class. */
+interface ConfigDescriptor {
+  readonly fields: Fields;
+  readonly peftOnly: Readonly<Record<string, PeftOnlyField>>;
+  readonly peftReadsExclude: boolean;
 }
 
-/** Reads a field of adapter_config.json, using `fallback` when it is absent or null. */
-export function field<T>(json: JsonObject, key: string, fallback: T): T {
-  const value = json[key];
-  return value === undefined || value === null ? fallback : (value as T);
+export interface ConfigClassOptions {
+  /** PEFT's fields this method does not implement, accepted only at values that change nothing. */
+  peftOnly?: Readonly<Record<string, PeftOnlyField>>;
+  /** Whether PEFT's reader of this method knows exclude_modules (default true; VeRA's does not). */
+  peftReadsExclude?: boolean;
+}
+
+function descriptorOf(config: AdapterConfig): ConfigDescriptor {
+  return config.constructor as unknown as ConfigDescriptor;
+}
+
+/** Any adapter config (TeraConfig, VeraConfig, LoraConfig): plain data, validated when made. */
+export abstract class AdapterConfig {
+  declare readonly peftType: PeftType;
+  declare readonly targetModules: TargetModules;
+  declare readonly excludeModules: TargetModules | null;
+
+  /** Whether PEFT's reader of this method knows exclude_modules (saveAdapter resolves it otherwise). */
+  get peftReadsExclude(): boolean {
+    return descriptorOf(this).peftReadsExclude;
+  }
+
+  /**
+   * The adapter_config.json object: PEFT's entries, the PEFT-only fields at the
+   * values we implement, then each field under its JSON key.
+   */
+  toJson(): JsonObject {
+    const { fields, peftOnly } = descriptorOf(this);
+    const values = fieldsToJson(fields, this as unknown as FieldValues<Fields>);
+    const { target_modules, exclude_modules, ...method } = values;
+    const fixed: JsonObject = {};
+    for (const [key, field] of Object.entries(peftOnly)) if (field.write !== undefined) fixed[key] = field.write;
+    return { peft_type: this.peftType, target_modules, exclude_modules, ...PEFT_BASE_JSON, ...fixed, ...method };
+  }
+
+  /** Why this config cannot make new adapters (values only a loaded file may hold), one line each. */
+  injectionProblems(): string[] {
+    const values = this as unknown as FieldValues<Fields>;
+    return [
+      ...fieldProblems(descriptorOf(this).fields, values, 'forInjection'),
+      ...fieldProblems(descriptorOf(this).fields, values, 'forTraining'),
+    ];
+  }
+
+  /** Why an adapter with this config cannot train here, one line each. */
+  trainingProblems(): string[] {
+    return fieldProblems(descriptorOf(this).fields, this as unknown as FieldValues<Fields>, 'forTraining');
+  }
+}
+
+/**
+ * The base class of one method's config, derived from its field table: the
+ * constructor fills in defaults and checks every field (refusing options it
+ * does not have), toJson() writes them under their JSON keys, and fromJson()
+ * reads them back, refusing any entry whose value would not be honoured.
+ */
+export function configClass<P extends PeftType, F extends Fields>(
+  peftType: P,
+  name: string,
+  methodFields: F,
+  options: ConfigClassOptions = {},
+) {
+  const fields = { ...TARGET_FIELDS, ...methodFields };
+  type AllFields = typeof fields;
+  const peftOnly = options.peftOnly ?? {};
+
+  class Config extends AdapterConfig {
+    static readonly fields: AllFields = fields;
+    static readonly peftOnly = peftOnly;
+    static readonly peftReadsExclude = options.peftReadsExclude ?? true;
+    declare readonly peftType: P;
+
+    constructor(options: FieldOptions<AllFields>) {
+      super();
+      if (options === null || typeof options !== 'object') throw new Error(`${name} needs an options object`);
+      Object.assign(this, { peftType }, readFields(fields, options as Record<string, unknown>, name));
+    }
+
+    /** Reads adapter_config.json entries (absent or null ones take their defaults); errors name the JSON keys. */
+    static fromJson<T>(this: new (options: never) => T, json: JsonObject): T {
+      const options = fieldsFromJson(fields, peftOnly, PEFT_BOOKKEEPING, json, name);
+      const values = readFields(fields, options, name, (field, spec) => spec.json ?? field);
+      return Object.assign(Object.create(this.prototype) as T & object, { peftType }, values);
+    }
+  }
+  return Config as unknown as (new (
+    options: FieldOptions<AllFields>,
+  ) => AdapterConfig & FieldValues<AllFields> & { readonly peftType: P }) & {
+    readonly fields: AllFields;
+    fromJson<T>(this: new (options: never) => T, json: JsonObject): T;
+  };
 }

@@ -6,7 +6,7 @@
  */
 import { Linear } from '../nn/layers';
 import { Module } from '../nn/module';
-import { AdapterConfig, type PeftType, matchTargets } from './config';
+import { ALL_LINEAR, AdapterConfig, type PeftType, isAllLinear, matchTargets } from './config';
 import { AdapterLinear } from './layer';
 import { loraMethod } from './lora/model';
 import type { AdapterMethod, LayerPlan, MethodLayer } from './method';
@@ -80,6 +80,25 @@ function listModules(modules: [string, Module][]): string {
     .join(', ');
 }
 
+/**
+ * PEFT's 'all-linear': every Linear layer but the output layer, which for our
+ * models is the last Linear in module order (an MLP's or Sequential's last
+ * layer, a model's head registered last), as PEFT leaves out a model's output
+ * embeddings.
+ */
+function allLinear(modules: [string, Module][]): string[] {
+  const linears = modules
+    .filter(([, m]) => (m instanceof AdapterLinear ? m.baseLayer : m) instanceof Linear)
+    .map(([name]) => name);
+  if (linears.length < 2) {
+    throw new Error(
+      `'${ALL_LINEAR}' adapts every Linear layer but the output layer, and this model has ` +
+        `${linears.length === 0 ? 'none' : `only its output layer '${linears[0]}'`}; the model has: ${listModules(modules)}`,
+    );
+  }
+  return linears.slice(0, -1);
+}
+
 /** Matches and validates everything; allocates nothing and changes nothing. */
 export function planInjection(model: Module, config: AdapterConfig, adapterName: string): InjectionPlan {
   if (!(model instanceof Module)) throw new Error('injectAdapter: model must be an nn.Module');
@@ -95,11 +114,15 @@ export function planInjection(model: Module, config: AdapterConfig, adapterName:
   const modules = candidates(model);
   const names = modules.map(([name]) => name);
   const selected = new Set<string>();
-  for (const { entry, matched } of matchTargets(config.targetModules, names)) {
-    if (matched.length === 0) {
-      throw new Error(`target module '${entry}' matches no module; the model has: ${listModules(modules)}`);
+  if (isAllLinear(config.targetModules)) {
+    allLinear(modules).forEach((n) => selected.add(n));
+  } else {
+    for (const { entry, matched } of matchTargets(config.targetModules, names)) {
+      if (matched.length === 0) {
+        throw new Error(`target module '${entry}' matches no module; the model has: ${listModules(modules)}`);
+      }
+      matched.forEach((n) => selected.add(n));
     }
-    matched.forEach((n) => selected.add(n));
   }
   if (config.excludeModules !== null) {
     for (const { matched } of matchTargets(config.excludeModules, names)) matched.forEach((n) => selected.delete(n));

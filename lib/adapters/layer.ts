@@ -96,6 +96,28 @@ export class AdapterLinear extends Module {
     this.#active = names.filter((n) => this.#adapters.has(n));
   }
 
+  /**
+   * What merging `names` (in order, skipping merged ones) would leave in W0, checked
+   * on a copy as PEFT's safe_merge does: null if every weight stays finite, else
+   * what goes wrong. W0 itself is not touched.
+   */
+  mergeProblem(names: readonly string[]): string | null {
+    const pending = names.filter((n) => this.#adapters.has(n) && !this.#merged.includes(n));
+    if (pending.length === 0) return null;
+    const copy = this.baseLayer.weight.data.clone();
+    try {
+      for (const name of pending) {
+        this.#adapters.get(name)!.addDeltaTo(copy, 1);
+        const values = copy.toFloat32Array();
+        const bad = values.reduce((count, v) => count + (Number.isFinite(v) ? 0 : 1), 0);
+        if (bad > 0) return `merging '${name}' makes ${bad} of ${values.length} weights non-finite`;
+      }
+      return null;
+    } finally {
+      copy.dispose();
+    }
+  }
+
   /** W0 += dW of `name` (no-op if merged already). */
   merge(name: string): void {
     const layer = this.#adapters.get(name);
@@ -104,7 +126,7 @@ export class AdapterLinear extends Module {
     this.#merged.push(name);
   }
 
-  /** W0 -= dW of `name`, restoring W0 up to float32 rounding. */
+  /** W0 -= dW of `name`, restoring W0 up to float32 rounding (docs/api-adapters.md bounds it). */
   unmerge(name: string): void {
     const index = this.#merged.indexOf(name);
     if (index < 0) return;

@@ -9,11 +9,13 @@
  * base GEMM's output (beta = 1) and dx likewise, so no [T, out] or [out, in]
  * temporaries exist: every extra buffer is [T, r] or [out, r].
  */
+import { asMatrix, gemmInto } from '../autograd/gemm';
 import { linearParamGrads } from '../autograd/ops';
 import type { Var } from '../autograd/var';
 import { record } from '../autograd/var';
 import { native } from '../native/loader';
-import { type Tensor, formatShape, zeros } from '../tensor/tensor';
+import { formatShape, sameShape } from '../shape';
+import { type Tensor, zeros } from '../tensor/tensor';
 
 export interface LowRankParts {
   a: Var;
@@ -27,7 +29,7 @@ export interface LowRankParts {
 }
 
 function expectShape(v: Var, shape: number[], what: string): void {
-  if (v.shape.length !== shape.length || v.shape.some((d, i) => d !== shape[i])) {
+  if (!sameShape(v.shape, shape)) {
     throw new Error(`lowRankLinear: ${what} has shape ${formatShape(v.shape)}, expected ${formatShape(shape)}`);
   }
 }
@@ -58,22 +60,23 @@ export function lowRankLinear(x: Var, weight: Var, bias: Var | null, parts: LowR
   if (e !== null) expectShape(e, [outF], 'the output scale');
   const rows = x.size / inF;
   const n = native();
-  const X = x.data.storage;
-  const W = weight.data.storage;
+  const X = asMatrix(x.data);
+  const W = asMatrix(weight.data);
+  const A = asMatrix(a.data);
 
   const out = zeros([...x.shape.slice(0, -1), outF], { device: x.device });
-  n.gemm(false, true, rows, outF, inF, 1, X, W, 0, out.storage);
+  gemmInto(asMatrix(out), X, W, { transB: true });
   if (bias !== null) n.addRowVector(out.storage, bias.data.storage, rows, outF);
   // u = x A^T; uScaled = u diag(d). u is kept apart only when d needs its gradient.
   const u = zeros([rows, r], { device: x.device });
-  n.gemm(false, true, rows, r, inF, 1, X, a.data.storage, 0, u.storage);
+  gemmInto(asMatrix(u), X, A, { transB: true });
   let uScaled = u;
   if (d !== null) {
     uScaled = d.requiresGrad ? zeros([rows, r], { device: x.device }) : u;
     n.scaleMatrix(uScaled.storage, u.storage, d.data.storage, rows, r, true);
   }
   const bScaled = scaledB(b.data, e, outF, r);
-  n.gemm(false, true, rows, outF, r, scale, uScaled.storage, bScaled.storage, 1, out.storage);
+  gemmInto(asMatrix(out), asMatrix(uScaled), asMatrix(bScaled), { transB: true, alpha: scale, beta: 1 });
 
   const release = () => {
     u.dispose();
@@ -84,12 +87,12 @@ export function lowRankLinear(x: Var, weight: Var, bias: Var | null, parts: LowR
     out,
     [x, weight, bias, a, b, d, e],
     (g, sink) => {
-      const G = g.storage;
+      const G = asMatrix(g);
       linearParamGrads(g, x, weight, bias, sink);
       if (b.requiresGrad || e?.requiresGrad) {
         // m = s g^T uScaled is the gradient of B' = diag(e) B.
         const m = zeros([outF, r], { device: g.device });
-        n.gemm(true, false, outF, r, rows, scale, G, uScaled.storage, 0, m.storage);
+        gemmInto(asMatrix(m), G, asMatrix(uScaled), { transA: true, alpha: scale });
         if (e?.requiresGrad) {
           const t = zeros([outF, r], { device: g.device });
           n.multiply(t.storage, b.data.storage, m.storage);
@@ -108,7 +111,7 @@ export function lowRankLinear(x: Var, weight: Var, bias: Var | null, parts: LowR
       if (x.requiresGrad || a.requiresGrad || d?.requiresGrad) {
         // du = s g B' is the gradient of uScaled; times diag(d) it becomes that of u.
         const du = zeros([rows, r], { device: g.device });
-        n.gemm(false, false, rows, r, outF, scale, G, bScaled.storage, 0, du.storage);
+        gemmInto(asMatrix(du), G, asMatrix(bScaled), { alpha: scale });
         if (d !== null) {
           if (d.requiresGrad) {
             const t = zeros([rows, r], { device: g.device });
@@ -122,13 +125,13 @@ export function lowRankLinear(x: Var, weight: Var, bias: Var | null, parts: LowR
         }
         if (a.requiresGrad) {
           const da = zeros([r, inF], { device: g.device });
-          n.gemm(true, false, r, inF, rows, 1, du.storage, X, 0, da.storage);
+          gemmInto(asMatrix(da), asMatrix(du), X, { transA: true });
           sink(a, da);
         }
         if (x.requiresGrad) {
           const dx = zeros(x.shape, { device: g.device });
-          n.gemm(false, false, rows, inF, outF, 1, G, W, 0, dx.storage);
-          n.gemm(false, false, rows, inF, r, 1, du.storage, a.data.storage, 1, dx.storage);
+          gemmInto(asMatrix(dx), G, W);
+          gemmInto(asMatrix(dx), asMatrix(du), A, { beta: 1 });
           sink(x, dx);
         }
         du.dispose();
@@ -143,13 +146,13 @@ export function addLowRankDelta(weight: Tensor, parts: LowRankParts, sign: 1 | -
   const { a, b, scale } = parts;
   const d = parts.rankScale ?? null;
   const e = parts.outScale ?? null;
-  const [outF, inF] = weight.shape;
+  const outF = weight.shape[0];
   const r = a.shape[0];
   const n = native();
   const factor = zeros([outF, r], { device: weight.device });
   n.axpby(factor.storage, b.data.storage, 1, 0);
   if (e !== null) n.scaleMatrix(factor.storage, factor.storage, e.data.storage, outF, r, false);
   if (d !== null) n.scaleMatrix(factor.storage, factor.storage, d.data.storage, outF, r, true);
-  n.gemm(false, false, outF, inF, r, sign * scale, factor.storage, a.data.storage, 1, weight.storage);
+  gemmInto(asMatrix(weight), asMatrix(factor), asMatrix(a.data), { alpha: sign * scale, beta: 1 });
   factor.dispose();
 }

@@ -7,9 +7,11 @@
  */
 import type { Var } from '../autograd/var';
 import type { Parameter } from '../autograd/var';
+import type { LoadedTensor } from '../io/safetensors';
 import type { Linear } from '../nn/layers';
 import type { Tensor } from '../tensor/tensor';
-import type { AdapterConfig, JsonObject, PeftType } from './config';
+import type { AdapterConfig, PeftType } from './config';
+import type { JsonObject } from './fields';
 
 /** A tensor's key suffix in the adapter file ('lora_A.weight', 'tera_lambda_1') and shape. */
 export type TensorSpec = [suffix: string, shape: number[]];
@@ -41,6 +43,13 @@ export interface MethodLayer {
   dispose(): void;
 }
 
+/** What createLayers knows besides the config and the plans. */
+export interface CreateContext {
+  adapterName: string;
+  /** The adapter file's tensors when loading (its shared frozen tensors may be used), null when injecting. */
+  stored: Readonly<Record<string, LoadedTensor>> | null;
+}
+
 export interface AdapterMethod<C extends AdapterConfig = AdapterConfig> {
   readonly peftType: PeftType;
   /** The layer's trainable tensors; throws naming the module if it cannot take this adapter. */
@@ -48,7 +57,9 @@ export interface AdapterMethod<C extends AdapterConfig = AdapterConfig> {
   /** The shared frozen tensors a file holds for these layers (empty unless the config saves them). */
   savedSharedShapes(config: C, plans: readonly LayerPlan[]): Record<string, number[]>;
   /** Allocates and initialises the layers (all or none: frees what it made if one fails). */
-  createLayers(config: C, plans: readonly LayerPlan[], adapterName: string): MethodLayer[];
+  createLayers(config: C, plans: readonly LayerPlan[], context: CreateContext): MethodLayer[];
+  /** Why a file cannot be loaded with `config` beyond its keys and shapes (e.g. who wrote it), one line each. */
+  fileProblems?(config: C, file: { writtenByTeraPeft: boolean }): string[];
   configFromJson(json: JsonObject): C;
 }
 

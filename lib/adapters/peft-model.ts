@@ -20,6 +20,11 @@ import {
   planInjection,
 } from './inject';
 
+export interface MergeOptions {
+  /** Check on a copy that the merged weights are finite before writing any (PEFT's safe_merge; default false). */
+  safeMerge?: boolean;
+}
+
 export class PeftModel {
   /** The model itself (its adapted Linear layers are AdapterLinear wrappers). */
   readonly model: Module;
@@ -116,11 +121,28 @@ export class PeftModel {
     applyActiveAdapters(this.model, remaining.length > 0 || fallback === undefined ? remaining : [fallback]);
   }
 
-  /** Adds the adapters' updates into the base weights (default: the active adapters). */
-  mergeAdapter(adapterNames?: readonly string[]): void {
+  /**
+   * Adds the adapters' updates into the base weights (default: the active
+   * adapters). With `safeMerge` (PEFT's safe_merge), every layer's merged weight
+   * is first computed on a copy and checked for NaN and infinities; if any is
+   * not finite, nothing is merged and the error names the adapters and layers.
+   */
+  mergeAdapter(adapterNames?: readonly string[] | null, options: MergeOptions = {}): void {
     const names = adapterNames ?? this.activeAdapters;
     names.forEach((n) => this.#require(n));
-    for (const [, layer] of adapterLayers(this.model)) names.forEach((n) => layer.merge(n));
+    const layers = adapterLayers(this.model);
+    if (options.safeMerge === true) {
+      const problems = layers
+        .map(([name, layer]) => [name, layer.mergeProblem(names)] as const)
+        .filter(([, problem]) => problem !== null)
+        .map(([name, problem]) => `'${name}': ${problem}`);
+      if (problems.length > 0) {
+        throw new Error(
+          `safe merge refused, nothing was merged (the adapter seems broken):\n  - ${problems.join('\n  - ')}`,
+        );
+      }
+    }
+    for (const [, layer] of layers) names.forEach((n) => layer.merge(n));
   }
 
   /** Subtracts every merged update again, restoring W0 up to float32 rounding. */
@@ -141,8 +163,8 @@ export class PeftModel {
    * Merges the active adapters, then replaces every AdapterLinear by its Linear
    * and frees all adapters: returns the plain model, at zero extra cost per token.
    */
-  mergeAndUnload(): Module {
-    this.mergeAdapter();
+  mergeAndUnload(options: MergeOptions = {}): Module {
+    this.mergeAdapter(null, options);
     return this.#unwrap();
   }
 
@@ -177,15 +199,6 @@ export class PeftModel {
     return result;
   }
 
-  train(mode = true): this {
-    this.model.train(mode);
-    return this;
-  }
-
-  eval(): this {
-    return this.train(false);
-  }
-
   toString(): string {
     return `PeftModel(active=[${this.activeAdapters.join(', ')}], adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
   }
@@ -208,7 +221,13 @@ export class PeftModel {
 
 function injectInto(model: Module, config: AdapterConfig, adapterName: string): void {
   const plan = planInjection(model, config, adapterName);
-  const built = plan.method.createLayers(config, plan.layers, adapterName);
+  const problems = config.injectionProblems();
+  if (problems.length > 0) {
+    throw new Error(
+      `injectAdapter: this ${config.peftType} config cannot make a new adapter:\n  - ${problems.join('\n  - ')}`,
+    );
+  }
+  const built = plan.method.createLayers(config, plan.layers, { adapterName, stored: null });
   attachAdapter(model, plan, built, true);
 }
 

@@ -4,58 +4,38 @@
  * forward pass and tags the buffer as its own; if another layer has written
  * since, backward rebuilds it, then reuses the same buffer for the weight
  * gradient. So the extra memory of a stack of adapted layers is one buffer per
- * distinct layer size, not one per layer.
- *
- * The registry holds buffers weakly: layers hold them, release() frees one as
- * soon as its last layer lets go, and a model dropped without unload() does
- * not pin its buffer.
+ * distinct layer size, not one per layer. The buffers live in the shared
+ * registry (registry.ts): the last layer to release one frees it.
  */
 import type { Device } from '../tensor/device';
 import { type Tensor, zeros } from '../tensor/tensor';
+import { type Shared, SharedRegistry } from './registry';
 
 export class Workspace {
   readonly tensor: Tensor;
   /** Who last wrote an effective weight here (null: nobody, or overwritten). */
   holder: object | null = null;
-  #users = 0;
 
-  constructor(
-    readonly key: string,
-    device: Device,
-    size: number,
-  ) {
+  constructor(device: Device, size: number) {
     this.tensor = zeros([size], { device });
   }
 
-  /** @internal */
-  addUser(): this {
-    this.#users++;
-    return this;
-  }
-
-  /** Drops one user; the last one frees the buffer. */
-  release(): void {
-    if (--this.#users > 0) return;
-    if (registry.get(this.key)?.deref() === this) registry.delete(this.key);
+  dispose(): void {
     this.tensor.dispose();
   }
 }
 
-const registry = new Map<string, WeakRef<Workspace>>();
+const workspaces = new SharedRegistry<Workspace>();
 
 /** The shared buffer of `size` floats on `device`; release() it when done. */
-export function acquireWorkspace(device: Device, size: number): Workspace {
-  const key = `${device}:${size}`;
-  let workspace = registry.get(key)?.deref();
-  if (workspace === undefined) {
-    workspace = new Workspace(key, device, size);
-    registry.set(key, new WeakRef(workspace));
-  }
-  return workspace.addUser();
+export function acquireWorkspace(device: Device, size: number): Shared<Workspace> {
+  return workspaces.acquire(`${device}:${size}`, () => new Workspace(device, size));
 }
 
-/** How many workspace buffers are alive now (for tests and memory accounting). */
+/**
+ * How many workspace buffers are alive now: one per distinct TeRA layer size
+ * in use, 0 once every TeRA adapter is deleted or unloaded.
+ */
 export function workspaceCount(): number {
-  for (const [key, ref] of registry) if (ref.deref() === undefined) registry.delete(key);
-  return registry.size;
+  return workspaces.size;
 }

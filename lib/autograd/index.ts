@@ -2,7 +2,7 @@
  * Reverse-mode autograd: Var / Parameter, the differentiable ops, and the
  * graph controls (noGrad, tidy).
  */
-export { Var, Parameter, noGrad, tidy, isGradEnabled, needsGrad, record, passOn } from './var';
+export { Var, Parameter, noGrad, tidy, needsGrad, record, passOn } from './var';
 export type { VarOptions, BackwardFn, GradSink } from './var';
 export {
   matmul,

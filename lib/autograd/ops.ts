@@ -6,7 +6,9 @@
  */
 import type { ActivationName } from '../../binding';
 import { native } from '../native/loader';
-import { Tensor, formatShape, full, shapeSize, tensor, zeros } from '../tensor/tensor';
+import { describeValue, formatShape, gemmDims, sameShape } from '../shape';
+import { Tensor, full, shapeSize, tensor, zeros } from '../tensor/tensor';
+import { asMatrix, gemmInto } from './gemm';
 import { type GradSink, Var, needsGrad, passOn, record } from './var';
 
 /** What ops accept: a Var, or a Tensor taken as a constant. */
@@ -15,7 +17,7 @@ export type Input = Var | Tensor;
 function asVar(x: Input, what: string): Var {
   const v = x instanceof Tensor ? new Var(x) : x;
   if (!(v instanceof Var)) {
-    throw new Error(`${what} must be a Var or a Tensor, got ${x === null ? 'null' : typeof x}`);
+    throw new Error(`${what} must be a Var or a Tensor, got ${describeValue(x)}`);
   }
   if (v.data.disposed) throw new Error(`${what} ${formatShape(v.shape)} has been disposed`);
   return v;
@@ -32,7 +34,7 @@ function sameDevice(op: string, vars: [Var | null, string][]): void {
 }
 
 function sameSize(op: string, a: Var, b: Var): void {
-  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
+  if (!sameShape(a.shape, b.shape)) {
     throw new Error(`${op}: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} differ`);
   }
 }
@@ -64,24 +66,24 @@ export function matmul(a: Input, b: Input, options: MatmulOptions = {}): Var {
     [av, 'a'],
     [bv, 'b'],
   ]);
-  const [m, k] = transA ? [av.shape[1], av.shape[0]] : [av.shape[0], av.shape[1]];
-  const [kb, n] = transB ? [bv.shape[1], bv.shape[0]] : [bv.shape[0], bv.shape[1]];
-  if (k !== kb) throw new Error(`matmul: inner dimensions differ: op(a) is [${m}, ${k}], op(b) is [${kb}, ${n}]`);
+  const { m, n } = gemmDims('matmul', av.shape, bv.shape, transA, transB);
   const out = zeros([m, n], { device: av.device });
-  native().gemm(transA, transB, m, n, k, alpha, av.data.storage, bv.data.storage, 0, out.storage);
+  const [A, B] = [asMatrix(av.data), asMatrix(bv.data)];
+  gemmInto(asMatrix(out), A, B, { transA, transB, alpha });
   return record(out, [av, bv], (g, sink) => {
+    const G = asMatrix(g);
     if (av.requiresGrad) {
       const da = zeros(av.shape, { device: av.device });
       // d op(a) = alpha g op(b)^T; for transA the transpose of that.
-      if (transA) native().gemm(transB, true, k, m, n, alpha, bv.data.storage, g.storage, 0, da.storage);
-      else native().gemm(false, !transB, m, k, n, alpha, g.storage, bv.data.storage, 0, da.storage);
+      if (transA) gemmInto(asMatrix(da), B, G, { transA: transB, transB: true, alpha });
+      else gemmInto(asMatrix(da), G, B, { transB: !transB, alpha });
       sink(av, da);
     }
     if (bv.requiresGrad) {
       const db = zeros(bv.shape, { device: bv.device });
       // d op(b) = alpha op(a)^T g; for transB the transpose of that.
-      if (transB) native().gemm(true, transA, n, k, m, alpha, g.storage, av.data.storage, 0, db.storage);
-      else native().gemm(!transA, false, k, n, m, alpha, av.data.storage, g.storage, 0, db.storage);
+      if (transB) gemmInto(asMatrix(db), G, A, { transA: true, transB: transA, alpha });
+      else gemmInto(asMatrix(db), A, G, { transA: !transA, alpha });
       sink(bv, db);
     }
   });
@@ -110,12 +112,12 @@ export function linear(input: Input, weight: Input, bias?: Input | null): Var {
     [b, 'bias'],
   ]);
   const out = zeros([...x.shape.slice(0, -1), outF], { device: x.device });
-  native().gemm(false, true, rows, outF, inF, 1, x.data.storage, w.data.storage, 0, out.storage);
+  gemmInto(asMatrix(out), asMatrix(x.data), asMatrix(w.data), { transB: true });
   if (b !== null) native().addRowVector(out.storage, b.data.storage, rows, outF);
   return record(out, [x, w, b], (g, sink) => {
     if (x.requiresGrad) {
       const dx = zeros(x.shape, { device: x.device });
-      native().gemm(false, false, rows, inF, outF, 1, g.storage, w.data.storage, 0, dx.storage);
+      gemmInto(asMatrix(dx), asMatrix(g), asMatrix(w.data));
       sink(x, dx);
     }
     linearParamGrads(g, x, w, b, sink);
@@ -131,7 +133,7 @@ export function linearParamGrads(g: Tensor, x: Var, weight: Var, bias: Var | nul
   const rows = x.size / inF;
   if (weight.requiresGrad) {
     const dw = zeros(weight.shape, { device: weight.device });
-    native().gemm(true, false, outF, inF, rows, 1, g.storage, x.data.storage, 0, dw.storage);
+    gemmInto(asMatrix(dw), asMatrix(g), asMatrix(x.data), { transA: true });
     sink(weight, dw);
   }
   if (bias?.requiresGrad) sink(bias, columnSums(g, rows, outF));

@@ -18,7 +18,8 @@
  * - Each graph is used once: backward() frees the closures and what they saved.
  */
 import { native } from '../native/loader';
-import { Tensor, formatShape, ones } from '../tensor/tensor';
+import { describeValue, formatShape, sameShape } from '../shape';
+import { Tensor, ones } from '../tensor/tensor';
 
 /** Receives a gradient for `target`, taking ownership of `grad`. */
 export type GradSink = (target: Var, grad: Tensor) => void;
@@ -80,7 +81,7 @@ export class Var {
   /** Replaces the data of a leaf (e.g. loading weights); the shape must match. */
   setData(data: Tensor): void {
     if (!this.isLeaf) throw new Error('setData() is only for leaf Vars; an op result belongs to its graph');
-    if (data.shape.length !== this.shape.length || data.shape.some((d, i) => d !== this.shape[i])) {
+    if (!sameShape(data.shape, this.shape)) {
       throw new Error(`setData(): shape ${formatShape(data.shape)} differs from ${formatShape(this.shape)}`);
     }
     if (data !== this.#data) this.#data.dispose();
@@ -158,17 +159,6 @@ export class Parameter extends Var {
   override toString(): string {
     return `Parameter(${formatShape(this.shape)}, ${this.device}${this.requiresGrad ? '' : ', frozen'})`;
   }
-}
-
-function describeValue(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value !== 'object') return typeof value;
-  return (value as object).constructor?.name ?? 'object';
-}
-
-/** Whether ops currently record graphs (false inside noGrad()). */
-export function isGradEnabled(): boolean {
-  return gradEnabled;
 }
 
 /** Runs `fn` without recording any graph: for evaluation and in-place updates. */

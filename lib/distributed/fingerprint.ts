@@ -18,7 +18,8 @@
 import { AdapterLinear } from '../adapters/layer';
 import { PeftModel } from '../adapters/peft-model';
 import { Module } from '../nn/module';
-import { type Tensor, formatShape } from '../tensor/tensor';
+import { formatShape } from '../shape';
+import type { Tensor } from '../tensor/tensor';
 import { type Group, runSync } from './group';
 import { type Steps, allgatherRecords, broadcastBytes, digest, hex, recordText, textRecord } from './requests';
 

@@ -2,6 +2,11 @@
  * Whole-file writes that never leave a half-written file behind: the data goes
  * to a temporary file in the target's directory (so the rename cannot cross a
  * file system), is flushed to disk, and only then renamed over the target.
+ *
+ * The temporary file is named '.<target name>.<pid>.<12 hex>.tmp'. A writer
+ * killed before its rename leaves one behind; the next write of the same target
+ * removes those whose process is gone (never those of a live process, which may
+ * be writing right now).
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,6 +26,7 @@ export function writeFileAtomic(target: string, data: string | Uint8Array): void
     throw new Error(`writeFileAtomic: data for ${target} must be a string or a Uint8Array`);
   }
   const dir = path.dirname(target);
+  removeStaleTemporaries(dir, path.basename(target));
   const temp = path.join(dir, `.${path.basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fd: number | null = null;
   try {
@@ -36,6 +42,34 @@ export function writeFileAtomic(target: string, data: string | Uint8Array): void
     throw new Error(`writeFileAtomic: could not write ${target}: ${(err as Error).message}`, { cause: err });
   }
   syncDirectory(dir);
+}
+
+function processIsGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/** Removes temporary files of `name` in `dir` whose writing process no longer exists. */
+function removeStaleTemporaries(dir: string, name: string): void {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir);
+  } catch {
+    return; // a missing directory is reported by the write itself
+  }
+  const prefix = `.${name}.`;
+  for (const entry of entries) {
+    if (!entry.startsWith(prefix)) continue;
+    const match = /^(\d+)\.[0-9a-f]{12}\.tmp$/.exec(entry.slice(prefix.length));
+    if (match === null) continue;
+    const pid = Number(match[1]);
+    if (pid !== process.pid && processIsGone(pid)) fs.rmSync(path.join(dir, entry), { force: true });
+  }
 }
 
 /** Makes the rename itself durable; platforms that cannot fsync a directory (Windows) skip this. */

@@ -9,11 +9,14 @@
  * We write F32 only, laid out like the reference writer (tensors in byte order
  * of their names, header padded with spaces to a multiple of 8 bytes so the
  * data is aligned). We read F32, F16, BF16 and F64, converting to float32; every
- * number in the header is checked before any data is touched.
+ * number in the header is checked before any data is touched, and what the
+ * format forbids is refused: a header that does not start with '{', and a key
+ * that appears twice in one object (JSON.parse would silently keep the last).
  */
 import * as fs from 'node:fs';
 import { types } from 'node:util';
 
+import { describeValue } from '../shape';
 import { writeFileAtomic } from './atomic';
 
 export type TensorInput = Float32Array | { data: Float32Array; shape: number[] };
@@ -73,12 +76,6 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !ArrayBuffer.isView(value);
 }
 
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'an array';
-  return typeof value === 'object' ? (value.constructor?.name ?? 'an object') : typeof value;
-}
-
 interface PreparedTensor {
   name: string;
   shape: number[];
@@ -91,10 +88,10 @@ function prepareTensor(file: string, name: string, value: unknown): PreparedTens
   };
   if (name === METADATA_KEY) fail(`cannot be stored: "${METADATA_KEY}" is reserved for metadata`);
   if (types.isFloat32Array(value)) return { name, shape: [value.length], data: value };
-  if (!isPlainObject(value)) return fail(`must be a Float32Array or {data, shape}, got ${describe(value)}`);
+  if (!isPlainObject(value)) return fail(`must be a Float32Array or {data, shape}, got ${describeValue(value)}`);
   const { data, shape } = value;
-  if (!types.isFloat32Array(data)) return fail(`needs data as a Float32Array, got ${describe(data)}`);
-  if (!Array.isArray(shape)) return fail(`needs shape as an array of dimensions, got ${describe(shape)}`);
+  if (!types.isFloat32Array(data)) return fail(`needs data as a Float32Array, got ${describeValue(data)}`);
+  if (!Array.isArray(shape)) return fail(`needs shape as an array of dimensions, got ${describeValue(shape)}`);
   let size = 1;
   for (const dim of shape) {
     if (!Number.isSafeInteger(dim) || dim < 0) fail(`has dimension ${String(dim)}; use non-negative integers`);
@@ -116,15 +113,19 @@ export function writeSafetensors(
   metadata: Record<string, string> = {},
 ): void {
   if (!isPlainObject(tensors)) {
-    throw new Error(`writeSafetensors(${file}): tensors must be an object of name -> tensor, got ${describe(tensors)}`);
+    throw new Error(
+      `writeSafetensors(${file}): tensors must be an object of name -> tensor, got ${describeValue(tensors)}`,
+    );
   }
   if (!isPlainObject(metadata)) {
-    throw new Error(`writeSafetensors(${file}): metadata must be an object of strings, got ${describe(metadata)}`);
+    throw new Error(`writeSafetensors(${file}): metadata must be an object of strings, got ${describeValue(metadata)}`);
   }
   const metadataKeys = Object.keys(metadata).sort(compareUtf8);
   for (const key of metadataKeys) {
     if (typeof metadata[key] !== 'string') {
-      throw new Error(`writeSafetensors(${file}): metadata "${key}" must be a string, got ${describe(metadata[key])}`);
+      throw new Error(
+        `writeSafetensors(${file}): metadata "${key}" must be a string, got ${describeValue(metadata[key])}`,
+      );
     }
   }
   const prepared = Object.entries(tensors)
@@ -163,6 +164,41 @@ export function writeSafetensors(
   writeFileAtomic(file, out);
 }
 
+/**
+ * The first key that appears twice in one object of `text`, which must be valid
+ * JSON (it has been parsed), or null. One pass, no recursion: a deeply nested
+ * header cannot overflow the stack.
+ */
+function repeatedKey(text: string): string | null {
+  const objects: (Set<string> | null)[] = []; // null for an array
+  let keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      const keys = objects[objects.length - 1];
+      if (keyNext && keys) {
+        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (keys.has(key)) return key;
+        keys.add(key);
+      }
+      keyNext = false;
+      i = end;
+    } else if (c === '{') {
+      objects.push(new Set());
+      keyNext = true;
+    } else if (c === '[') {
+      objects.push(null);
+    } else if (c === '}' || c === ']') {
+      objects.pop();
+    } else if (c === ',') {
+      keyNext = objects[objects.length - 1] instanceof Set;
+    }
+  }
+  return null;
+}
+
 interface HeaderEntry {
   name: string;
   dtype: string;
@@ -172,7 +208,7 @@ interface HeaderEntry {
 }
 
 function checkEntry(name: string, value: unknown, dataLength: number, fail: (problem: string) => never): HeaderEntry {
-  if (!isPlainObject(value)) return fail(`tensor "${name}" must be an object, got ${describe(value)}`);
+  if (!isPlainObject(value)) return fail(`tensor "${name}" must be an object, got ${describeValue(value)}`);
   const { dtype, shape, data_offsets: offsets } = value;
   if (typeof dtype !== 'string') return fail(`tensor "${name}" has no dtype string`);
   const codec = READABLE_DTYPES[dtype];
@@ -239,12 +275,17 @@ export function readSafetensors(file: string): SafetensorsContents {
   } catch (err) {
     return fail(`the header is not valid JSON: ${(err as Error).message}`);
   }
-  if (!isPlainObject(header)) return fail(`the header must be a JSON object, got ${describe(header)}`);
+  if (!isPlainObject(header)) return fail(`the header must be a JSON object, got ${describeValue(header)}`);
+  if (!headerText.startsWith('{')) {
+    fail(`the header starts with ${JSON.stringify(headerText[0])}; the format requires it to start with '{'`);
+  }
+  const repeated = repeatedKey(headerText);
+  if (repeated !== null) fail(`the header has the key ${JSON.stringify(repeated)} twice in one object`);
 
   const metadata = header[METADATA_KEY] ?? {};
   if (!isPlainObject(metadata)) return fail(`"${METADATA_KEY}" must be an object of strings`);
   for (const [key, value] of Object.entries(metadata)) {
-    if (typeof value !== 'string') fail(`metadata "${key}" must be a string, got ${describe(value)}`);
+    if (typeof value !== 'string') fail(`metadata "${key}" must be a string, got ${describeValue(value)}`);
   }
 
   const dataLength = bytes.length - dataStart;

@@ -8,8 +8,9 @@
  * tensor stays the caller's and is returned as given.
  */
 import { native } from '../native/loader';
+import { describeValue, formatShape, gemmDims, sameShape } from '../shape';
 import type { Device } from '../tensor/device';
-import { Tensor, formatShape, uninitialized } from '../tensor/tensor';
+import { Tensor, uninitialized } from '../tensor/tensor';
 
 const MAX_ORDER = 8;
 const MAX_ELEMENTS = 2 ** 48;
@@ -17,7 +18,7 @@ const MAX_ELEMENTS = 2 ** 48;
 const BLAS_INDEX_LIMIT = 2 ** 31 - 1;
 
 function live(t: unknown, what: string): Tensor {
-  if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${t === null ? 'null' : typeof t}`);
+  if (!(t instanceof Tensor)) throw new Error(`${what} must be a Tensor, got ${describeValue(t)}`);
   if (t.disposed) throw new Error(`${what} ${formatShape(t.shape)} has been disposed`);
   return t;
 }
@@ -32,10 +33,6 @@ function sameDevice(kernel: string, tensors: [Tensor | null | undefined, string]
       );
     }
   }
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /** Where a kernel writes its result instead of a fresh tensor (as torch's `out=`). */
@@ -287,7 +284,7 @@ function prepareScaleGrad(
 ) {
   const parts = tuckerParts('tuckerScaleGrad', core, factors, scales);
   live(gradX, 'tuckerScaleGrad: gradX');
-  if (gradX.shape.length !== parts.modes.length || gradX.shape.some((d, n) => d !== parts.modes[n])) {
+  if (!sameShape(gradX.shape, parts.modes)) {
     throw new Error(
       `tuckerScaleGrad: gradX has shape ${formatShape(gradX.shape)} but the factors give ${formatShape(parts.modes)}`,
     );
@@ -367,15 +364,11 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
   if (a.rank !== 2 || b.rank !== 2)
     throw new Error(`gemm: a ${formatShape(a.shape)} and b ${formatShape(b.shape)} must both be matrices`);
   const { transA = false, transB = false, alpha = 1 } = options;
-  const [m, ka] = transA ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]];
-  const [kb, n] = transB ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]];
-  if (ka !== kb) {
-    throw new Error(`gemm: inner dimensions differ: op(a) is [${m}, ${ka}] and op(b) is [${kb}, ${n}]`);
-  }
+  const { m, n, k } = gemmDims('gemm', a.shape, b.shape, transA, transB);
   for (const [name, size] of [
     ['m', m],
     ['n', n],
-    ['k', ka],
+    ['k', k],
   ] as const) {
     if (size > BLAS_INDEX_LIMIT)
       throw new Error(`gemm: ${name} = ${size} exceeds the BLAS 32-bit index limit (2^31 - 1)`);
@@ -389,7 +382,7 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
   }
   if (c !== undefined) {
     live(c, 'gemm: c');
-    if (c.rank !== 2 || c.shape[0] !== m || c.shape[1] !== n)
+    if (!sameShape(c.shape, [m, n]))
       throw new Error(`gemm: c has shape ${formatShape(c.shape)}, expected [${m}, ${n}]`);
     if (c.storage === a.storage || c.storage === b.storage)
       throw new Error('gemm: c must not share memory with a or b');
@@ -407,7 +400,7 @@ function prepareGemm(a: Tensor, b: Tensor, options: GemmOptions) {
       [a, 'a'],
       [b, 'b'],
     ]);
-  const args = [transA, transB, m, n, ka, alpha, a.storage, b.storage, beta, result.storage] as const;
+  const args = [transA, transB, m, n, k, alpha, a.storage, b.storage, beta, result.storage] as const;
   return { c: result, args };
 }
 

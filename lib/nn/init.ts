@@ -31,10 +31,19 @@ export function initKey(seed: number | bigint | undefined, stream: number): Init
 }
 
 /**
- * PyTorch's default for Linear weights and biases (kaiming_uniform_ with
- * a = sqrt(5)): Uniform(-1/sqrt(fanIn), 1/sqrt(fanIn)).
+ * torch.nn.init.kaiming_uniform_ with negative slope `a` (fan-in mode, leaky
+ * ReLU gain sqrt(2 / (1 + a^2))): Uniform(-bound, bound) with
+ * bound = sqrt(6 / ((1 + a^2) fanIn)). The default a = sqrt(5) is PyTorch's
+ * default for Linear weights and biases, bound 1 / sqrt(fanIn); a = 0 gives
+ * sqrt(6 / fanIn) (PEFT's VeRA projections).
  */
-export function kaimingUniform(shape: readonly number[], fanIn: number, key: InitKey, device?: DeviceRequest): Tensor {
-  const bound = 1 / Math.sqrt(fanIn);
+export function kaimingUniform(
+  shape: readonly number[],
+  fanIn: number,
+  key: InitKey,
+  device?: DeviceRequest,
+  a = Math.sqrt(5),
+): Tensor {
+  const bound = Math.sqrt(6 / ((1 + a * a) * fanIn));
   return uniform(shape, { seed: key.seed, key: key.stream, low: -bound, high: bound, device });
 }

@@ -10,7 +10,8 @@ import { Parameter, type Var } from '../autograd/var';
 import { readSafetensors, writeSafetensors } from '../io/safetensors';
 import type { DeviceRequest } from '../tensor/device';
 import { resolveDevice } from '../tensor/device';
-import { Tensor, formatShape } from '../tensor/tensor';
+import { formatShape, sameShape } from '../shape';
+import { Tensor } from '../tensor/tensor';
 
 /** A tensor to load: a Tensor, a Float32Array of the parameter's size, or data with its shape. */
 export type StateValue = Tensor | Float32Array | { data: Float32Array; shape: readonly number[] };
@@ -26,8 +27,6 @@ export interface LoadStateResult {
 }
 
 export abstract class Module {
-  /** Set by train() / eval(); layers that behave differently in training read it. */
-  training = true;
   readonly #parameters = new Map<string, Parameter>();
   readonly #children = new Map<string, Module>();
 
@@ -167,15 +166,6 @@ export abstract class Module {
     return this;
   }
 
-  train(mode = true): this {
-    for (const [, m] of this.namedModules()) m.training = mode;
-    return this;
-  }
-
-  eval(): this {
-    return this.train(false);
-  }
-
   /** Moves every parameter to `device` (copies; gradients are dropped). */
   to(device: DeviceRequest): this {
     const target = resolveDevice(device);
@@ -252,8 +242,4 @@ function writeInto(p: Parameter, value: StateValue): void {
   } else {
     p.data.set(types.isFloat32Array(value) ? value : value.data);
   }
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }

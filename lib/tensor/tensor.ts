@@ -7,6 +7,7 @@ import { types } from 'node:util';
 
 import type { NativeStorage } from '../../binding';
 import { native } from '../native/loader';
+import { describeValue, formatShape } from '../shape';
 import { type Device, type DeviceRequest, resolveDevice } from './device';
 
 export interface TensorOptions {
@@ -27,10 +28,6 @@ export function shapeSize(shape: readonly number[], what = 'shape'): number {
     if (size > MAX_ELEMENTS) throw new Error(`${what} [${shape.join(', ')}] has more than 2^48 elements`);
   });
   return size;
-}
-
-export function formatShape(shape: readonly number[]): string {
-  return `[${shape.join(', ')}]`;
 }
 
 export class Tensor {
@@ -130,15 +127,9 @@ export class Tensor {
   }
 }
 
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value !== 'object') return typeof value;
-  return (value as object).constructor?.name ?? 'object';
-}
-
 // util.types works across realms (jest sandboxes), unlike instanceof.
 function checkFloat32Array(data: unknown, what: string): asserts data is Float32Array {
-  if (!types.isFloat32Array(data)) throw new Error(`${what} needs a Float32Array, got ${describe(data)}`);
+  if (!types.isFloat32Array(data)) throw new Error(`${what} needs a Float32Array, got ${describeValue(data)}`);
 }
 
 function fromArray(data: Float32Array, shape: readonly number[], device: Device): Tensor {

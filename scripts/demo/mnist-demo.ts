@@ -66,7 +66,12 @@ function adapterMethod(label: string, lr: number, config: () => TeraConfig | Ver
  */
 const METHODS: Record<MethodName, Method> = {
   tera: adapterMethod('TeRA', 1e-1, () => new TeraConfig({ targetModules: TARGET_MODULES, seed: 0 })),
-  vera: adapterMethod('VeRA', 1e-1, () => new VeraConfig({ targetModules: TARGET_MODULES, r: 256, seed: 0 })),
+  // Only tera-peft reads these files, which regenerates VeRA's projections: store just the trained vectors.
+  vera: adapterMethod(
+    'VeRA',
+    1e-1,
+    () => new VeraConfig({ targetModules: TARGET_MODULES, r: 256, seed: 0, saveProjection: false }),
+  ),
   lora: adapterMethod('LoRA', 1e-2, () => new LoraConfig({ targetModules: TARGET_MODULES, r: 8, alpha: 16, seed: 0 })),
   full: {
     label: 'full fine-tuning',

@@ -95,7 +95,6 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
   const batchLosses: number[] = [];
   const epochSeconds: number[] = [];
   const stepSeconds: number[] = [];
-  model.train();
   try {
     for (let epoch = 0; epoch < epochs; epoch++) {
       const start = performance.now();
@@ -123,7 +122,6 @@ export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, 
 
 /** The fraction of `digits` the model classifies correctly. */
 export function accuracy(model: nn.Module, digits: Digits, device: Device, batchSize = 1000): number {
-  model.eval();
   let correct = 0;
   for (let first = 0; first < digits.count; first += batchSize) {
     const indices = Array.from({ length: Math.min(batchSize, digits.count - first) }, (_, i) => first + i);

@@ -7,7 +7,7 @@ import type { MethodLayer } from '../method';
 
 export class LoraLayer implements MethodLayer {
   readonly parameters: ReadonlyMap<string, Parameter>;
-  /** alpha / r. */
+  /** s in dW = s B A: alpha / r, or alpha / sqrt(r) with rank-stabilised LoRA (per module). */
   readonly scaling: number;
   readonly #parts: LowRankParts;
 

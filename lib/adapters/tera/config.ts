@@ -3,97 +3,77 @@
  * dW = alpha * reshape(G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), [out, in])
  * over the modes (o_1..o_P, i_1..i_Q) of d_out = o_1 ... o_P and d_in = i_1 ... i_Q.
  */
+import { configClass } from '../config';
 import {
-  AdapterConfig,
-  type JsonObject,
-  type TargetOptions,
+  type OptionalField,
   checkBoolean,
+  checkDims,
   checkFinite,
   checkInteger,
   checkSeed,
-  field,
-  targetsFromJson,
-} from '../config';
+  dimsToJson,
+} from '../fields';
 
 /** The native Tucker kernels take tensors of order 1 to 8. */
 export const MAX_TERA_ORDER = 8;
 
-export interface TeraConfigOptions extends TargetOptions {
-  /** Largest default mode size (default 16): see factorizeDimension. */
-  maxModeSize?: number;
-  /** R_n = min(I_n, maxRank) unless `ranks` is given (default 16: full Tucker rank for default modes). */
-  maxRank?: number;
-  /** Modes of d_out (product must equal it), overriding the default factorisation for every target. */
-  outModes?: readonly number[] | null;
-  /** Modes of d_in, likewise. */
-  inModes?: readonly number[] | null;
-  /** One rank per mode (out modes first), overriding maxRank. */
-  ranks?: readonly number[] | null;
-  /** Multiplies dW (default 1). */
-  alpha?: number;
-  /** Seeds the frozen core and factors (default 0). */
-  seed?: number;
-  /** Store the frozen core and factors in the adapter file (default false: they regenerate from the seed). */
-  saveFactors?: boolean;
-}
+const TERA_FIELDS = {
+  maxModeSize: {
+    json: 'max_mode_size',
+    default: 16,
+    help: 'largest default mode size: see factorizeDimension',
+    check: (value, what) => checkInteger(value, what, 2),
+  } satisfies OptionalField<number>,
+  maxRank: {
+    json: 'max_rank',
+    default: 16,
+    help: 'R_n = min(I_n, maxRank) unless ranks is given (16: full Tucker rank for default modes)',
+    check: (value, what) => checkInteger(value, what, 1),
+  } satisfies OptionalField<number>,
+  outModes: {
+    json: 'out_modes',
+    default: null,
+    help: 'modes of d_out (their product must equal it), overriding the default factorisation for every target',
+    check: checkDims,
+    toJson: dimsToJson,
+  } satisfies OptionalField<readonly number[] | null>,
+  inModes: {
+    json: 'in_modes',
+    default: null,
+    help: 'modes of d_in, likewise',
+    check: checkDims,
+    toJson: dimsToJson,
+  } satisfies OptionalField<readonly number[] | null>,
+  ranks: {
+    json: 'ranks',
+    default: null,
+    help: 'one rank per mode (out modes first), overriding maxRank',
+    check: checkDims,
+    toJson: dimsToJson,
+  } satisfies OptionalField<readonly number[] | null>,
+  alpha: {
+    json: 'alpha',
+    default: 1,
+    help: 'multiplies dW',
+    check: checkFinite,
+  } satisfies OptionalField<number>,
+  seed: {
+    json: 'seed',
+    default: 0,
+    help: 'seeds the frozen core and factors',
+    check: checkSeed,
+  } satisfies OptionalField<number>,
+  saveFactors: {
+    json: 'save_factors',
+    default: false,
+    help: 'store the frozen core and factors in the adapter file (they regenerate from the seed)',
+    check: checkBoolean,
+  } satisfies OptionalField<boolean>,
+};
 
-function checkDims(value: unknown, what: string): readonly number[] | null {
-  if (value === undefined || value === null) return null;
-  if (!Array.isArray(value) || value.length === 0) throw new Error(`${what} must be a non-empty array of integers`);
-  value.forEach((d, i) => checkInteger(d, `${what}[${i}]`, 1));
-  return Object.freeze([...value]);
-}
+export class TeraConfig extends configClass('TERA', 'TeraConfig', TERA_FIELDS) {}
 
-export class TeraConfig extends AdapterConfig {
-  readonly peftType = 'TERA' as const;
-  readonly maxModeSize: number;
-  readonly maxRank: number;
-  readonly outModes: readonly number[] | null;
-  readonly inModes: readonly number[] | null;
-  readonly ranks: readonly number[] | null;
-  readonly alpha: number;
-  readonly seed: number;
-  readonly saveFactors: boolean;
-
-  constructor(options: TeraConfigOptions) {
-    super(options, 'TeraConfig');
-    this.maxModeSize = checkInteger(options.maxModeSize ?? 16, 'TeraConfig: maxModeSize', 2);
-    this.maxRank = checkInteger(options.maxRank ?? 16, 'TeraConfig: maxRank', 1);
-    this.outModes = checkDims(options.outModes, 'TeraConfig: outModes');
-    this.inModes = checkDims(options.inModes, 'TeraConfig: inModes');
-    this.ranks = checkDims(options.ranks, 'TeraConfig: ranks');
-    this.alpha = checkFinite(options.alpha ?? 1, 'TeraConfig: alpha');
-    this.seed = checkSeed(options.seed ?? 0, 'TeraConfig: seed');
-    this.saveFactors = checkBoolean(options.saveFactors ?? false, 'TeraConfig: saveFactors');
-  }
-
-  protected methodJson(): JsonObject {
-    return {
-      max_mode_size: this.maxModeSize,
-      max_rank: this.maxRank,
-      out_modes: this.outModes === null ? null : [...this.outModes],
-      in_modes: this.inModes === null ? null : [...this.inModes],
-      ranks: this.ranks === null ? null : [...this.ranks],
-      alpha: this.alpha,
-      seed: this.seed,
-      save_factors: this.saveFactors,
-    };
-  }
-
-  static fromJson(json: JsonObject): TeraConfig {
-    return new TeraConfig({
-      ...targetsFromJson(json),
-      maxModeSize: field(json, 'max_mode_size', 16),
-      maxRank: field(json, 'max_rank', 16),
-      outModes: field<number[] | null>(json, 'out_modes', null),
-      inModes: field<number[] | null>(json, 'in_modes', null),
-      ranks: field<number[] | null>(json, 'ranks', null),
-      alpha: field(json, 'alpha', 1),
-      seed: field(json, 'seed', 0),
-      saveFactors: field(json, 'save_factors', false),
-    });
-  }
-}
+export type TeraConfigOptions = ConstructorParameters<typeof TeraConfig>[0];
 
 function primeFactors(d: number): number[] {
   const out: number[] = [];

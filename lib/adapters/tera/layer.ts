@@ -3,9 +3,10 @@
  *
  * Buffer strategy (per layer only the N vectors l_n are owned; everything
  * large is shared):
- * - G and A_n come from the registry, one copy per signature (tera/model.ts).
+ * - G and A_n are shared, one copy per signature (factors.ts); the method
+ *   descriptor (model.ts) acquires them and hands the layer its reference.
  * - One workspace of d_out x d_in floats per layer size, shared by all TeRA
- *   layers of that size (workspace.ts). Forward writes W_eff = W0 + dW there
+ *   layers of that size (../workspace.ts), handed over the same way. Forward writes W_eff = W0 + dW there
  *   (native tuckerReconstruct with alpha folded in, then one axpby) and runs a
  *   single GEMM y = x W_eff^T + b.
  * - Backward: dx = dY W_eff, rebuilding W_eff first if another layer has used
@@ -15,42 +16,45 @@
  * So a stack of adapted layers needs the shared factors plus one workspace per
  * distinct shape, never d_out x d_in per layer.
  */
+import { asMatrix, gemmInto } from '../../autograd/gemm';
 import { linearParamGrads } from '../../autograd/ops';
 import { Parameter, type Var, record } from '../../autograd/var';
 import type { Linear } from '../../nn/layers';
 import { native } from '../../native/loader';
-import { type Tensor, formatShape, ones, zeros } from '../../tensor/tensor';
+import { formatShape } from '../../shape';
+import { type Tensor, ones, zeros } from '../../tensor/tensor';
 import type { MethodLayer } from '../method';
-import { type Workspace, acquireWorkspace } from '../workspace';
-import type { TeraConfig, TeraShape } from './config';
-import { type TeraFactors, acquireFactors, factorKeys } from './model';
+import type { Shared } from '../registry';
+import type { Workspace } from '../workspace';
+import type { TeraConfig } from './config';
+import type { TeraFactors } from './factors';
 
 export class TeraLayer implements MethodLayer {
   readonly parameters: ReadonlyMap<string, Parameter>;
   /** l_1 .. l_N. */
   readonly lambdas: readonly Parameter[];
-  readonly shared: TeraFactors;
   readonly alpha: number;
-  readonly #workspace: Workspace;
+  readonly #factors: Shared<TeraFactors>;
+  readonly #workspace: Shared<Workspace>;
   readonly #saveFactors: boolean;
 
-  constructor(config: TeraConfig, shape: TeraShape, base: Linear) {
-    const device = base.weight.device;
+  /** Takes over one reference to `factors` and one to `workspace` (dispose() releases them). */
+  constructor(config: TeraConfig, factors: Shared<TeraFactors>, workspace: Shared<Workspace>) {
+    const device = factors.value.core.device;
     // l_1 = 0 and l_n = 1 otherwise: dW = 0 at the start, yet every l_n gets a gradient.
-    this.lambdas = shape.ranks.map((r, n) => new Parameter(n === 0 ? zeros([r], { device }) : ones([r], { device })));
+    this.lambdas = factors.value.shape.ranks.map(
+      (r, n) => new Parameter(n === 0 ? zeros([r], { device }) : ones([r], { device })),
+    );
     this.parameters = new Map(this.lambdas.map((l, n) => [`tera_lambda_${n + 1}`, l]));
     this.alpha = config.alpha;
     this.#saveFactors = config.saveFactors;
-    let shared: TeraFactors | null = null;
-    try {
-      shared = acquireFactors(config.seed, shape, device);
-      this.#workspace = acquireWorkspace(device, base.outFeatures * base.inFeatures);
-    } catch (error) {
-      shared?.release();
-      this.lambdas.forEach((l) => l.dispose());
-      throw error;
-    }
-    this.shared = shared;
+    this.#factors = factors;
+    this.#workspace = workspace;
+  }
+
+  /** The frozen core and factors this layer shares with every layer of its signature. */
+  get shared(): TeraFactors {
+    return this.#factors.value;
   }
 
   /** Writes alpha * sign * dW into the workspace. */
@@ -63,15 +67,15 @@ export class TeraLayer implements MethodLayer {
       factors.map((f) => f.storage),
       this.lambdas.map((l) => l.data.storage),
       this.alpha * alphaSign,
-      this.#workspace.tensor.storage,
+      this.#workspace.value.tensor.storage,
     );
   }
 
   /** Writes W_eff = weight + dW into the workspace and marks it as `holder`'s. */
   #writeEffectiveWeight(weight: Tensor, holder: object): void {
     this.#reconstruct(1);
-    native().axpby(this.#workspace.tensor.storage, weight.storage, 1, 1);
-    this.#workspace.holder = holder;
+    native().axpby(this.#workspace.value.tensor.storage, weight.storage, 1, 1);
+    this.#workspace.value.holder = holder;
   }
 
   forward(input: Var, base: Linear): Var {
@@ -85,26 +89,27 @@ export class TeraLayer implements MethodLayer {
     }
     const rows = x.size / inF;
     const n = native();
-    const ws = this.#workspace;
+    const ws = this.#workspace.value;
     const holder = {};
     this.#writeEffectiveWeight(w.data, holder);
     const out = zeros([...x.shape.slice(0, -1), outF], { device: x.device });
-    n.gemm(false, true, rows, outF, inF, 1, x.data.storage, ws.tensor.storage, 0, out.storage);
+    const wEff = asMatrix(ws.tensor, inF);
+    gemmInto(asMatrix(out), asMatrix(x.data), wEff, { transB: true });
     if (b !== null) n.addRowVector(out.storage, b.data.storage, rows, outF);
 
     return record(out, [x, w, b, ...this.lambdas], (g, sink) => {
-      const G = g.storage;
+      const G = asMatrix(g);
       linearParamGrads(g, x, w, b, sink);
       if (x.requiresGrad) {
         if (ws.holder !== holder) this.#writeEffectiveWeight(w.data, holder);
         const dx = zeros(x.shape, { device: g.device });
-        n.gemm(false, false, rows, inF, outF, 1, G, ws.tensor.storage, 0, dx.storage);
+        gemmInto(asMatrix(dx), G, wEff);
         sink(x, dx);
       }
       if (this.lambdas.some((l) => l.requiresGrad)) {
         // gradX = alpha dY^T x overwrites W_eff; the kernel then uses it as scratch.
         ws.holder = null;
-        n.gemm(true, false, outF, inF, rows, this.alpha, G, x.data.storage, 0, ws.tensor.storage);
+        gemmInto(wEff, G, asMatrix(x.data), { transA: true, alpha: this.alpha });
         const grads = this.lambdas.map((l) => zeros(l.shape, { device: g.device }));
         const { core, factors, shape } = this.shared;
         n.tuckerScaleGrad(
@@ -124,8 +129,8 @@ export class TeraLayer implements MethodLayer {
 
   addDeltaTo(weight: Tensor, sign: 1 | -1): void {
     this.#reconstruct(sign);
-    native().axpby(weight.storage, this.#workspace.tensor.storage, 1, 1);
-    this.#workspace.holder = null;
+    native().axpby(weight.storage, this.#workspace.value.tensor.storage, 1, 1);
+    this.#workspace.value.holder = null;
   }
 
   sharedTensors(): Record<string, Tensor> {
@@ -133,16 +138,12 @@ export class TeraLayer implements MethodLayer {
   }
 
   frozenTensors(): Record<string, Tensor> {
-    const keys = factorKeys(this.shared.shape);
-    return {
-      [keys.core]: this.shared.core,
-      ...Object.fromEntries(keys.factors.map((key, n) => [key, this.shared.factors[n]])),
-    };
+    return this.shared.tensors();
   }
 
   dispose(): void {
     this.lambdas.forEach((l) => l.dispose());
-    this.shared.release();
+    this.#factors.release();
     this.#workspace.release();
   }
 }

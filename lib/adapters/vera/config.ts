@@ -3,67 +3,62 @@
  * with A [r, in] and B [out, r] frozen, random, shared by all adapted layers;
  * only lambda_b [out] (init 0) and lambda_d [r] (init dInitial) train.
  */
-import {
-  AdapterConfig,
-  type JsonObject,
-  type TargetOptions,
-  checkBoolean,
-  checkFinite,
-  checkInteger,
-  checkSeed,
-  field,
-  targetsFromJson,
-} from '../config';
+import { configClass } from '../config';
+import { type OptionalField, checkBoolean, checkFinite, checkInteger, checkSeed } from '../fields';
+import { checkProbability, dropoutProblem, only } from '../peft-fields';
 
-export interface VeraConfigOptions extends TargetOptions {
-  /** The rank of the shared projections (default 256, as PEFT). */
-  r?: number;
-  /** The initial value of every lambda_d entry (default 0.1, PEFT's d_initial). */
-  dInitial?: number;
-  /** Seeds the shared projections (PEFT's projection_prng_key; default 0). */
-  seed?: number;
-  /**
-   * Store the shared A and B in the adapter file (default false). PEFT defaults
-   * to true because torch's generator differs across platforms; ours does not,
-   * so the projections regenerate bit-exactly from the seed.
-   */
-  saveProjection?: boolean;
-}
+const VERA_FIELDS = {
+  r: {
+    json: 'r',
+    default: 256,
+    help: 'the rank of the shared projections (as PEFT)',
+    check: (value, what) => checkInteger(value, what, 1),
+  } satisfies OptionalField<number>,
+  dInitial: {
+    json: 'd_initial',
+    default: 0.1,
+    help: "the initial value of every lambda_d entry (PEFT's d_initial)",
+    check: checkFinite,
+  } satisfies OptionalField<number>,
+  seed: {
+    json: 'projection_prng_key',
+    default: 0,
+    help: "seeds the shared projections (PEFT's projection_prng_key)",
+    check: checkSeed,
+  } satisfies OptionalField<number>,
+  saveProjection: {
+    json: 'save_projection',
+    default: true,
+    help: "store the shared A and B in the adapter file (as PEFT's default; needed for PEFT to load it)",
+    check: checkBoolean,
+  } satisfies OptionalField<boolean>,
+  dropout: {
+    json: 'vera_dropout',
+    default: 0,
+    help: 'dropout on the adapter input; only 0 can be made or trained here (files with more load for inference)',
+    check: checkProbability,
+    forTraining: dropoutProblem,
+  } satisfies OptionalField<number>,
+  initWeights: {
+    json: 'init_weights',
+    default: true,
+    help: "PEFT's default initialisation (lambda_b = 0, lambda_d = dInitial); false is accepted in loaded files only",
+    check: checkBoolean,
+    forInjection: (value) => (value ? null : 'init_weights false is not implemented (files with it load)'),
+  } satisfies OptionalField<boolean>,
+};
 
-export class VeraConfig extends AdapterConfig {
-  readonly peftType = 'VERA' as const;
-  readonly r: number;
-  readonly dInitial: number;
-  readonly seed: number;
-  readonly saveProjection: boolean;
+const PEFT_ONLY = {
+  fan_in_fan_out: only([false], "tera-peft's Linear weights are [out, in]; Conv1D layers are not supported", true),
+  bias: only(['none'], 'training biases (all / vera_only) is not implemented', true),
+  modules_to_save: only([null, []], 'whole trained modules are not stored or loaded'),
+  layers_to_transform: only([null], 'select layers with target_modules instead'),
+  layers_pattern: only([null, []], 'select layers with target_modules instead'),
+};
 
-  constructor(options: VeraConfigOptions) {
-    super(options, 'VeraConfig');
-    this.r = checkInteger(options.r ?? 256, 'VeraConfig: r', 1);
-    this.dInitial = checkFinite(options.dInitial ?? 0.1, 'VeraConfig: dInitial');
-    this.seed = checkSeed(options.seed ?? 0, 'VeraConfig: seed');
-    this.saveProjection = checkBoolean(options.saveProjection ?? false, 'VeraConfig: saveProjection');
-  }
+export class VeraConfig extends configClass('VERA', 'VeraConfig', VERA_FIELDS, {
+  peftOnly: PEFT_ONLY,
+  peftReadsExclude: false,
+}) {}
 
-  protected methodJson(): JsonObject {
-    return {
-      r: this.r,
-      d_initial: this.dInitial,
-      projection_prng_key: this.seed,
-      save_projection: this.saveProjection,
-      vera_dropout: 0,
-      bias: 'none',
-      fan_in_fan_out: false,
-    };
-  }
-
-  static fromJson(json: JsonObject): VeraConfig {
-    return new VeraConfig({
-      ...targetsFromJson(json),
-      r: field(json, 'r', 256),
-      dInitial: field(json, 'd_initial', 0.1),
-      seed: field(json, 'projection_prng_key', 0),
-      saveProjection: field(json, 'save_projection', false),
-    });
-  }
-}
+export type VeraConfigOptions = ConstructorParameters<typeof VeraConfig>[0];

@@ -4,31 +4,35 @@ import type { Linear } from '../../nn/layers';
 import { type Tensor, full, zeros } from '../../tensor/tensor';
 import { addLowRankDelta, type LowRankParts, lowRankLinear } from '../low-rank';
 import type { MethodLayer } from '../method';
-import type { VeraProjections } from './model';
+import type { Shared } from '../registry';
+import type { VeraConfig } from './config';
+import type { VeraProjections } from './projections';
 
 export class VeraLayer implements MethodLayer {
   readonly parameters: ReadonlyMap<string, Parameter>;
   readonly #parts: LowRankParts;
-  readonly #projections: VeraProjections;
+  readonly #projections: Shared<VeraProjections>;
+  readonly #saveProjection: boolean;
 
-  constructor(projections: VeraProjections, base: Linear, dInitial: number) {
+  /** Takes over one reference to `projections` (dispose() releases it). */
+  constructor(config: VeraConfig, projections: Shared<VeraProjections>, base: Linear) {
     const device = base.weight.device;
-    const r = projections.r;
+    const shared = projections.value;
     const lambdaB = new Parameter(zeros([base.outFeatures], { device }));
-    const lambdaD = new Parameter(full([r], dInitial, { device }));
+    const lambdaD = new Parameter(full([shared.r], config.dInitial, { device }));
     this.parameters = new Map([
       ['vera_lambda_b', lambdaB],
       ['vera_lambda_d', lambdaD],
     ]);
     this.#parts = {
-      a: new Var(projections.sliceA(base.inFeatures)),
-      b: new Var(projections.sliceB(base.outFeatures)),
+      a: new Var(shared.sliceA(base.inFeatures)),
+      b: new Var(shared.sliceB(base.outFeatures)),
       scale: 1,
       rankScale: lambdaD,
       outScale: lambdaB,
     };
     this.#projections = projections;
-    projections.acquire();
+    this.#saveProjection = config.saveProjection;
   }
 
   /** This layer's slice of the shared frozen A, [r, in]. */
@@ -50,11 +54,11 @@ export class VeraLayer implements MethodLayer {
   }
 
   sharedTensors(): Record<string, Tensor> {
-    return this.#projections.saved();
+    return this.#saveProjection ? this.frozenTensors() : {};
   }
 
   frozenTensors(): Record<string, Tensor> {
-    return this.#projections.frozen();
+    return this.#projections.value.tensors();
   }
 
   dispose(): void {
