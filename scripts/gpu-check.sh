@@ -82,8 +82,8 @@ grep '^BENCH' "$OUT/tests.log" | tee -a "$OUT/summary.log"
 
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
-    TERA_TEST_QUICK=1 timeout "${TERA_SANITIZER_TIMEOUT:-180}" compute-sanitizer --tool $tool --error-exitcode 3 \
-      $exe >"$OUT/sanitizer-$tool.log" 2>&1
+    timeout "${TERA_SANITIZER_TIMEOUT:-180}" compute-sanitizer --tool $tool --error-exitcode 3 \
+      $exe --sanitizer >"$OUT/sanitizer-$tool.log" 2>&1
     log "compute-sanitizer $tool: exit $? ($(grep -c '^PASS' "$OUT/sanitizer-$tool.log") checks ran; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1))"
   done
 else
