@@ -17,38 +17,38 @@ constexpr int kColumnThreads = 256;
 __global__ void __launch_bounds__(kRowThreads)
     normForwardKernel(Norm norm, float* y, float* stats, const float* x, const float* weight,
                       const float* bias, int64_t rows, int64_t cols, float eps) {
-  __shared__ double smem[kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, kRowThreads);
   normForwardBody(DeviceCtx(), norm, y, stats, x, weight, bias, rows, cols, eps, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     normBackwardRowKernel(Norm norm, float* dx, const float* dy, const float* x,
                           const float* weight, const float* stats, int64_t rows, int64_t cols) {
-  __shared__ double smem[2 * kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, 2 * kRowThreads);
   normBackwardRowBody(DeviceCtx(), norm, dx, dy, x, weight, stats, rows, cols, smem);
 }
 
 __global__ void __launch_bounds__(kColumnThreads)
     normColumnPartialKernel(const float* dy, const float* x, const float* stats, int64_t rows,
                             int64_t cols, int64_t chunkRows, double* partial) {
-  __shared__ double smem[2 * kColumnThreads];
+  TERA_SHARED_ARRAY(double, smem, 2 * kColumnThreads);
   normColumnPartialBody(DeviceCtx(), dy, x, stats, rows, cols, chunkRows, partial, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     softmaxRowsKernel(float* y, const float* x, int64_t rows, int64_t cols, AttentionMask mask,
                       bool masked) {
-  __shared__ double smem[2 * kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, 2 * kRowThreads);
   softmaxRowsBody(DeviceCtx(), y, x, rows, cols, mask, masked, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     softmaxBackwardKernel(float* dx, const float* y, const float* dy, int64_t rows, int64_t cols) {
-  __shared__ double smem[kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, kRowThreads);
   softmaxBackwardBody(DeviceCtx(), dx, y, dy, rows, cols, smem);
 }
 
-int rowGrid(int64_t rows) { return gridFor(rows, 1, 1 << 20); }
+dim3 rowGrid(int64_t rows) { return dim3(unsigned(gridFor(rows, 1, 1 << 20))); }
 
 }  // namespace
 
@@ -72,9 +72,8 @@ void CudaBackend::normForward(Norm norm, float* y, float* stats, const float* x,
                               const float* weight, const float* bias, int64_t rows, int64_t cols,
                               float eps) {
   if (rows <= 0) return;
-  normForwardKernel<<<rowGrid(rows), kRowThreads, 0, stream_>>>(norm, y, stats, x, weight, bias,
-                                                                rows, cols, eps);
-  checkLaunch("normForwardKernel");
+  launchKernel("normForwardKernel", normForwardKernel, rowGrid(rows), dim3(kRowThreads), 0, stream_,
+               norm, y, stats, x, weight, bias, rows, cols, eps);
 }
 
 void CudaBackend::normBackward(Norm norm, float* dx, float* dweight, float* dbias, const float* dy,
@@ -86,31 +85,28 @@ void CudaBackend::normBackward(Norm norm, float* dx, float* dweight, float* dbia
     const int64_t chunks = (rows + chunkRows - 1) / chunkRows;
     double* partial = scratchDoubles(kScratchDoubles, 2 * chunks * cols);
     const dim3 grid(unsigned(gridFor(cols, 32, 1 << 16)), unsigned(chunks));
-    normColumnPartialKernel<<<grid, kColumnThreads, 0, stream_>>>(dy, x, stats, rows, cols,
-                                                                  chunkRows, partial);
-    checkLaunch("normColumnPartialKernel");
+    launchKernel("normColumnPartialKernel", normColumnPartialKernel, grid, dim3(kColumnThreads), 0,
+                 stream_, dy, x, stats, rows, cols, chunkRows, partial);
     launchForEach(stream_, cols, NormColumnFinalOp{dweight, dbias, partial, cols, chunks},
                   "NormColumnFinalOp");
   }
   if (!dx) return;
-  normBackwardRowKernel<<<rowGrid(rows), kRowThreads, 0, stream_>>>(norm, dx, dy, x, weight, stats,
-                                                                    rows, cols);
-  checkLaunch("normBackwardRowKernel");
+  launchKernel("normBackwardRowKernel", normBackwardRowKernel, rowGrid(rows), dim3(kRowThreads), 0,
+               stream_, norm, dx, dy, x, weight, stats, rows, cols);
 }
 
 void CudaBackend::softmaxRows(float* y, const float* x, int64_t rows, int64_t cols,
                               const AttentionMask* mask) {
   if (rows <= 0) return;
-  softmaxRowsKernel<<<rowGrid(rows), kRowThreads, 0, stream_>>>(
-      y, x, rows, cols, mask ? *mask : AttentionMask(), mask != nullptr);
-  checkLaunch("softmaxRowsKernel");
+  launchKernel("softmaxRowsKernel", softmaxRowsKernel, rowGrid(rows), dim3(kRowThreads), 0, stream_,
+               y, x, rows, cols, mask ? *mask : AttentionMask(), mask != nullptr);
 }
 
 void CudaBackend::softmaxBackward(float* dx, const float* y, const float* dy, int64_t rows,
                                   int64_t cols) {
   if (rows <= 0) return;
-  softmaxBackwardKernel<<<rowGrid(rows), kRowThreads, 0, stream_>>>(dx, y, dy, rows, cols);
-  checkLaunch("softmaxBackwardKernel");
+  launchKernel("softmaxBackwardKernel", softmaxBackwardKernel, rowGrid(rows), dim3(kRowThreads), 0,
+               stream_, dx, y, dy, rows, cols);
 }
 
 void CudaBackend::rope(float* y, const float* x, const float* positions, const RopeShape& s,

@@ -281,8 +281,9 @@ TERA_DEV void rowSumBody(const Ctx& c, float* out, const float* x, int64_t rows,
     smem[c.tid()] = acc;
     c.sync();
     blockTreeSum(c, smem);
+    // No barrier before the next row: only thread 0 reads slot 0, and it is the
+    // thread that writes slot 0 next.
     if (c.tid() == 0) out[i] = float(smem[0] + (beta == 0.0f ? 0.0 : double(beta) * out[i]));
-    c.sync();
   }
 }
 
@@ -338,18 +339,6 @@ struct ChunkFinalOp {
   }
 };
 
-// Lowers *address to value atomically.
-TERA_DEV void atomicMinU64(unsigned long long* address, unsigned long long value) {
-#ifdef __CUDA_ARCH__
-  atomicMin(address, value);
-#else
-  unsigned long long seen = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (value < seen && !__atomic_compare_exchange_n(address, &seen, value, true, __ATOMIC_RELAXED,
-                                                      __ATOMIC_RELAXED)) {
-  }
-#endif
-}
-
 // Records the first entry that is not an integral index in [0, limit) and not `skip`.
 struct IndexCheckOp {
   const float* indices;
@@ -359,7 +348,7 @@ struct IndexCheckOp {
     const float index = indices[i];
     if (skip != kNoIgnoreIndex && index == float(skip)) return;
     if (!(index >= 0.0f && index < float(limit)) || index != floorf(index)) {
-      atomicMinU64(firstBad, (unsigned long long)i);
+      atomicMin(firstBad, (unsigned long long)i);
     }
   }
 };
@@ -469,8 +458,13 @@ TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t ro
       }
       c.sync();
     }
-    if (c.tid() == 0) out[i] = float(smemIndex[0] == none ? 0 : smemIndex[0]);
-    c.sync();
+    // No barrier before the next row: only thread 0 reads slot 0, and it is the
+    // thread that writes slot 0 next.
+    if (c.tid() == 0) {
+      const bool leadingNan = cols > 0 && row[0] != row[0];
+      const int64_t index = leadingNan || smemIndex[0] == none ? 0 : smemIndex[0];
+      out[i] = float(index);
+    }
   }
 }
 
