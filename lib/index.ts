@@ -14,6 +14,7 @@ export * as autograd from './autograd/index';
 export * as nn from './nn/index';
 export * as optim from './optim/index';
 export * as adapters from './adapters/index';
+export * as models from './models/index';
 export {
   injectAdapter,
   saveAdapter,
