@@ -309,7 +309,7 @@ export function encodeSafetensors(
         if (!types.isFloat32Array(values) || values.length !== sizes[i]) {
           throw new Error(
             `safetensors: tensor "${tensor.name}" has shape [${tensor.shape.join(', ')}] (${sizes[i]} values) ` +
-              `but its source gave ${types.isFloat32Array(values) ? `${values.length} values` : describe(values)}`,
+              `but its source gave ${types.isFloat32Array(values) ? `${values.length} values` : 'no Float32Array'}`,
           );
         }
         const codec = WRITABLE_DTYPES[tensor.dtype];
@@ -477,7 +477,7 @@ export class SafetensorsReader {
     if (!types.isFloat32Array(target) || target.length !== size) {
       throw new Error(
         `${this.#label}: tensor "${name}" has ${size} values; the target must be a Float32Array of that length, ` +
-          `got ${types.isFloat32Array(target) ? `length ${target.length}` : describe(target)}`,
+          `got ${types.isFloat32Array(target) ? `length ${target.length}` : 'no Float32Array'}`,
       );
     }
     const codec = READABLE_DTYPES[entry.dtype];
