@@ -8,6 +8,7 @@
 // scale gradient then contracts H = Z * G with the scaling vectors by suffix
 // contractions and prefix weights, never dividing by l.
 #include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "cuda/cuda_backend.h"
@@ -21,20 +22,22 @@ namespace {
 
 __global__ void __launch_bounds__(kPhaseAThreads, 3)
     phaseAKernel(const __grid_constant__ PhaseAParams params, const float* in, float* staged) {
-  extern __shared__ __align__(16) float smem[];
+  TERA_DYNAMIC_SHARED(float, smem);
   phaseABody(DeviceCtx(), params, in, staged, smem);
 }
 
 template <int J0MAX, int PMAX>
 __global__ void __launch_bounds__(kPhaseBThreads, 1)
     phaseBKernel(const __grid_constant__ PhaseBParams params, const float* staged, float* out) {
-  extern __shared__ __align__(16) float smem[];
+  TERA_DYNAMIC_SHARED(float, smem);
   phaseBBody<J0MAX, PMAX>(DeviceCtx(), params, staged, out, smem);
 }
 
+constexpr int kContractThreads = 256;
+
 template <typename T>
-__global__ void contractLastKernel(const T* in, int64_t rows, int64_t R, const float* l,
-                                   double* out) {
+__global__ void __launch_bounds__(kContractThreads)
+    contractLastKernel(const T* in, int64_t rows, int64_t R, const float* l, double* out) {
   contractLastBody(DeviceCtx(), in, rows, R, l, out);
 }
 
@@ -44,14 +47,14 @@ template <typename T>
 __global__ void __launch_bounds__(kColumnThreads)
     weightedColumnPartialKernel(const double* weight, const T* s, int64_t rows, int64_t R,
                                 int64_t chunk, double* partial) {
-  __shared__ double smem[kColumnThreads];
+  TERA_SHARED_ARRAY(double, smem, kColumnThreads);
   weightedColumnPartialBody(DeviceCtx(), weight, s, rows, R, chunk, partial, smem);
 }
 
 struct FillDoubleOp {
   double* out;
   double value;
-  __device__ void operator()(int64_t i) const { out[i] = value; }
+  TERA_DEV void operator()(int64_t i) const { out[i] = value; }
 };
 
 using PhaseAFn = void (*)(PhaseAParams, const float*, float*);
@@ -82,7 +85,7 @@ void CudaBackend::configureTuckerKernels() {
 void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64_t* outDims,
                                    const float* in, const float* const* mats, float* out) {
   FusedPlan plan;
-  if (planFused(order, inDims, outDims, mats, size_t(sharedMemoryOptin_), &plan)) {
+  if (planFused(order, inDims, outDims, mats, size_t(planSharedMemory_), &plan)) {
     float* staged = scratchFloats(kScratchStaged, plan.stagedFloats);
     const int64_t w = int64_t(1) << plan.b.widthLog2;
     if (plan.b.rowLength % w != 0) {  // the padded columns of the last group stay defined
@@ -94,16 +97,16 @@ void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64
         int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(kPhaseA), kPhaseAThreads,
                                         plan.smemA)) *
         multiprocessors_;
-    const int64_t gridA = std::min<int64_t>(plan.a.slabs, residentA);
-    kPhaseA<<<int(gridA), kPhaseAThreads, plan.smemA, stream_>>>(plan.a, in, staged);
-    checkLaunch("tucker pass A");
+    const int gridA = gridFor(plan.a.slabs, 1, int(std::min<int64_t>(residentA, INT_MAX)));
+    launchKernel("tucker pass A", kPhaseA, dim3(unsigned(gridA)), dim3(kPhaseAThreads), plan.smemA,
+                 stream_, plan.a, in, staged);
     const PhaseBFn phaseB = phaseBFor(plan.j0max);
     const int64_t residentB = int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(phaseB),
                                                               kPhaseBThreads, plan.smemB)) *
                               multiprocessors_;
-    const int64_t gridB = std::min<int64_t>(plan.b.colBlocks, residentB);
-    phaseB<<<int(gridB), kPhaseBThreads, plan.smemB, stream_>>>(plan.b, staged, out);
-    checkLaunch("tucker pass B");
+    const int gridB = gridFor(plan.b.colBlocks, 1, int(std::min<int64_t>(residentB, INT_MAX)));
+    launchKernel("tucker pass B", phaseB, dim3(unsigned(gridB)), dim3(kPhaseBThreads), plan.smemB,
+                 stream_, plan.b, staged, out);
     return;
   }
   // Successive mode products, last mode first, through two scratch buffers.
@@ -244,28 +247,29 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
   auto scaleOf = [&](int n) { return scales ? scales[n] : nullptr; };
 
   for (int n = N - 1; n >= 1; --n) {
-    const int grid = gridFor(lead[n], 256);
+    const dim3 grid(unsigned(gridFor(lead[n], kContractThreads)));
     if (n == N - 1) {
-      contractLastKernel<float>
-          <<<grid, 256, 0, stream_>>>(h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
+      launchKernel("contractLast", contractLastKernel<float>, grid, dim3(kContractThreads), 0,
+                   stream_, h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
     } else {
-      contractLastKernel<double><<<grid, 256, 0, stream_>>>(
-          work + suffixOffset[n + 1], lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
+      launchKernel("contractLast", contractLastKernel<double>, grid, dim3(kContractThreads), 0,
+                   stream_, work + suffixOffset[n + 1], lead[n], R[n], scaleOf(n),
+                   work + suffixOffset[n]);
     }
-    checkLaunch("contractLast");
   }
   launchForEach(stream_, 1, FillDoubleOp{work + weightOffset[0], 1.0}, "FillDoubleOp");
   for (int n = 0; n < N; ++n) {
     const double* weight = work + weightOffset[n];
-    const int grid = int(std::min<int64_t>(chunks[n], 1 << 16));
+    const dim3 grid(unsigned(gridFor(chunks[n], 1)));
     if (n == N - 1) {
-      weightedColumnPartialKernel<float>
-          <<<grid, kColumnThreads, 0, stream_>>>(weight, h, lead[n], R[n], chunkRows[n], partial);
+      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<float>, grid,
+                   dim3(kColumnThreads), 0, stream_, weight, h, lead[n], R[n], chunkRows[n],
+                   partial);
     } else {
-      weightedColumnPartialKernel<double><<<grid, kColumnThreads, 0, stream_>>>(
-          weight, work + suffixOffset[n + 1], lead[n], R[n], chunkRows[n], partial);
+      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<double>, grid,
+                   dim3(kColumnThreads), 0, stream_, weight, work + suffixOffset[n + 1], lead[n],
+                   R[n], chunkRows[n], partial);
     }
-    checkLaunch("weightedColumnPartial");
     launchForEach(stream_, R[n], ChunkFinalOp{gradScales[n], partial, R[n], chunks[n]},
                   "ChunkFinalOp");
     if (n + 1 < N) {
