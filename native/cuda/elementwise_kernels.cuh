@@ -460,11 +460,7 @@ TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t ro
     }
     // No barrier before the next row: only thread 0 reads slot 0, and it is the
     // thread that writes slot 0 next.
-    if (c.tid() == 0) {
-      const bool leadingNan = cols > 0 && row[0] != row[0];
-      const int64_t index = leadingNan || smemIndex[0] == none ? 0 : smemIndex[0];
-      out[i] = float(index);
-    }
+    if (c.tid() == 0) out[i] = float(smemIndex[0] == none ? 0 : smemIndex[0]);
   }
 }
 

@@ -5,8 +5,8 @@
  * next to a chain of PyTorch tensordots doing the same reconstruction when torch is there.
  *
  * The kernels are called through the native binding with outputs allocated once, so
- * the times are the kernels' own: the public kernels.* API adds a zero-filled
- * allocation per call (and page faults on fresh memory) on top.
+ * the times are the kernels' own: the public kernels.* API adds an output allocation
+ * per call (not zero-filled, but with page faults on fresh memory) on top.
  */
 import { random, type Tensor, zeros } from '../../lib';
 import { native } from '../../lib/native/loader';
