@@ -120,9 +120,13 @@ struct Sizes {
   std::vector<Shape2> matrixShapes, softmaxShapes;
   std::vector<Shape3> gemmShapes;
   std::vector<std::vector<int64_t>> modeProductShapes;
-  double tuckerCostLimit;  // fixed Tucker cases costing more are left out (see planCost)
-  double planBudget;       // the plan walk's cases beyond those that reach a new plan
-  int planCases;           // at most this many cases in the walk
+  std::vector<Shape2> normShapes;       // rows x cols
+  std::vector<Shape3> embeddingShapes;  // count, vocab, dim
+  double transformerCaseLimit;  // masked softmax, attention and RoPE cases with more elements are
+                                // left out
+  double tuckerCostLimit;       // fixed Tucker cases costing more are left out (see planCost)
+  double planBudget;            // the plan walk's cases beyond those that reach a new plan
+  int planCases;                // at most this many cases in the walk
 };
 
 Sizes makeSizes(const Options& options) {
@@ -131,9 +135,12 @@ Sizes makeSizes(const Options& options) {
     s.randomCounts = {1, 1001};
     s.elementwiseCounts = {1, 1000};
     s.matrixShapes = {{1, 1}, {3, 7}, {40, 3}, {9, 300}};
-    s.softmaxShapes = {{1, 1}, {5, 3}, {20, 10}};
+    s.softmaxShapes = {{1, 1}, {5, 3}, {20, 10}, {2, 300}};
     s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {5, 9, 0}};
     s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}};
+    s.normShapes = {{1, 1}, {3, 7}, {4, 300}};
+    s.embeddingShapes = {{1, 1, 1}, {7, 5, 3}, {40, 6, 300}};
+    s.transformerCaseLimit = 4000;
     s.tuckerCostLimit = 1e4;
     s.planBudget = 1e5;
     s.planCases = 120;
@@ -144,6 +151,9 @@ Sizes makeSizes(const Options& options) {
     s.softmaxShapes = {{1, 1}, {5, 3}, {20, 10}, {3, 700}, {40, 2}};
     s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {5, 9, 0}};
     s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}, {2, 3, 4, 5}};
+    s.normShapes = {{1, 1}, {3, 7}, {6, 300}, {520, 33}};  // 520 rows: 2 chunks of weight sums
+    s.embeddingShapes = {{1, 1, 1}, {7, 5, 3}, {300, 50, 65}, {40, 6, 300}};
+    s.transformerCaseLimit = 1e5;
     s.tuckerCostLimit = 1e6;
     s.planBudget = 1e7;
     s.planCases = 300;
@@ -154,6 +164,9 @@ Sizes makeSizes(const Options& options) {
     s.softmaxShapes = {{1, 1}, {5, 3}, {64, 10}, {7, 3000}, {300, 2}};
     s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {5, 9, 0}};
     s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}, {2, 3, 4, 5}, {16, 16, 16}};
+    s.normShapes = {{1, 1}, {3, 7}, {6, 300}, {64, 768}, {1500, 33}};
+    s.embeddingShapes = {{1, 1, 1}, {7, 5, 3}, {300, 50, 65}, {40, 6, 300}};
+    s.transformerCaseLimit = 1e300;
     s.tuckerCostLimit = 2e6;  // racecheck slows kernels down a hundredfold
     s.planBudget = 0;         // the cases that reach every plan, no more
     s.planCases = 0;
@@ -166,6 +179,9 @@ Sizes makeSizes(const Options& options) {
     s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {128, 96, 200}, {5, 9, 0}};
     s.modeProductShapes = {{7},          {4, 6},       {3, 5, 2}, {2, 3, 4, 5},
                            {16, 16, 16}, {70001, 3, 2}};  // 70001 batches of a strided GEMM
+    s.normShapes = {{1, 1}, {3, 7}, {6, 300}, {64, 768}, {1500, 33}, {70000, 3}};
+    s.embeddingShapes = {{1, 1, 1}, {7, 5, 3}, {300, 50, 65}, {40, 6, 300}, {2048, 1000, 768}};
+    s.transformerCaseLimit = 1e300;
     s.tuckerCostLimit = 1e300;
     s.planBudget = 1e9;
     s.planCases = 400;
@@ -466,48 +482,92 @@ void checkMatrix(Backend& cpu, Backend& gpu, const std::vector<Shape2>& shapes) 
   }
 }
 
+std::vector<float> randomIndices(int64_t n, int64_t limit) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = float(std::uniform_int_distribution<int64_t>(0, limit - 1)(rng));
+  return v;
+}
+
+// The message `op` throws, or "" if it did not throw.
+std::string thrown(Backend& be, const std::function<void(Backend&)>& op) {
+  try {
+    op(be);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Reports whether both backends throw the same message for `op`.
+void sameError(const std::string& name, Backend& cpu, Backend& gpu,
+               const std::function<void(Backend&)>& op) {
+  const std::string expected = thrown(cpu, op), got = thrown(gpu, op);
+  report(!got.empty() && got == expected, name, got.empty() ? "did not throw" : got);
+}
+
+// Cross-entropy with every row counted (loss alone, and with the gradient),
+// every third row ignored (label -100), and every row ignored (NaN loss, zero
+// gradient). The gradient buffer starts random: ignored rows must be zeroed.
 void checkSoftmax(Backend& cpu, Backend& gpu, const std::vector<Shape2>& shapes) {
+  constexpr int64_t kIgnore = -100;
+  enum Ignored { kNone, kEveryThird, kAll };
+  struct Variant {
+    const char* name;
+    Ignored ignored;
+    bool withGrad;
+  };
+  const Variant variants[] = {{"", kNone, false},
+                              {" +grad", kNone, true},
+                              {" ignore index", kEveryThird, true},
+                              {" all ignored", kAll, true}};
   for (const auto& s : shapes) {
     const int64_t rows = s[0], classes = s[1];
-    std::vector<float> logits = randomVector(rows * classes, -8, 8);
-    std::vector<float> labels(static_cast<size_t>(rows));
-    for (auto& l : labels) l = float(std::uniform_int_distribution<int64_t>(0, classes - 1)(rng));
+    const std::vector<float> logits = randomVector(rows * classes, -8, 8);
+    const std::vector<float> classLabels = randomIndices(rows, classes);
+    const std::vector<float> initialGrad = randomVector(rows * classes);
     const std::string sn = " " + std::to_string(rows) + "x" + std::to_string(classes);
-    for (bool withGrad : {false, true}) {
+    for (const Variant& v : variants) {
+      std::vector<float> labels = classLabels;
+      for (int64_t i = 0; i < rows; ++i) {
+        if (v.ignored == kAll || (v.ignored == kEveryThird && i % 3 == 1)) {
+          labels[size_t(i)] = float(kIgnore);
+        }
+      }
+      const int64_t ignoreIndex = v.ignored == kNone ? kNoIgnoreIndex : kIgnore;
       double loss[2] = {0, 0};
       std::vector<float> grads[2];
       Backend* backends[2] = {&cpu, &gpu};
       try {
         for (int side = 0; side < 2; ++side) {
           Buffer bl(*backends[side], logits), bt(*backends[side], labels);
-          Buffer bg(*backends[side], rows * classes);
+          Buffer bg(*backends[side], initialGrad);
           loss[side] = backends[side]->softmaxCrossEntropy(
-              bl.data, bt.data, rows, classes, kNoIgnoreIndex, withGrad ? bg.data : nullptr, 0.75f);
+              bl.data, bt.data, rows, classes, ignoreIndex, v.withGrad ? bg.data : nullptr, 0.75f);
           grads[side] = bg.read();
         }
       } catch (const std::exception& e) {
-        report(false, "softmaxCrossEntropy" + sn, e.what());
+        report(false, std::string("softmaxCrossEntropy") + v.name + sn, e.what());
         continue;
       }
-      compareScalar(std::string("softmaxCrossEntropy loss") + (withGrad ? " +grad" : "") + sn,
-                    loss[0], loss[1], 1e-6, 1e-6);
-      if (withGrad) compare("softmaxCrossEntropy grad" + sn, grads[0], grads[1], 1e-5, 2e-7);
+      compareScalar(std::string("softmaxCrossEntropy loss") + v.name + sn, loss[0], loss[1], 1e-6,
+                    1e-6);
+      if (v.withGrad) {
+        compare(std::string("softmaxCrossEntropy grad") + v.name + sn, grads[0], grads[1], 1e-5,
+                2e-7);
+      }
     }
   }
-  // An invalid label must be reported, as on the CPU.
-  std::vector<float> logits = randomVector(12), labels = {0, 2, 5, 1};
-  std::string messages[2];
-  Backend* backends[2] = {&cpu, &gpu};
-  for (int side = 0; side < 2; ++side) {
-    Buffer bl(*backends[side], logits), bt(*backends[side], labels);
-    try {
-      backends[side]->softmaxCrossEntropy(bl.data, bt.data, 4, 3, kNoIgnoreIndex, nullptr, 1.0f);
-    } catch (const Error& e) {
-      messages[side] = e.what();
-    }
+  // An invalid label is reported as on the CPU, also past an ignored row.
+  const std::vector<float> logits = randomVector(12);
+  for (int64_t ignoreIndex : {kNoIgnoreIndex, kIgnore}) {
+    const std::vector<float> labels = {0, float(kIgnore), 5, 1};
+    sameError(std::string("softmaxCrossEntropy bad label") +
+                  (ignoreIndex == kNoIgnoreIndex ? "" : " after an ignored row"),
+              cpu, gpu, [&](Backend& be) {
+                Buffer bl(be, logits), bt(be, labels);
+                be.softmaxCrossEntropy(bl.data, bt.data, 4, 3, ignoreIndex, nullptr, 1.0f);
+              });
   }
-  report(!messages[1].empty() && messages[0] == messages[1], "softmaxCrossEntropy bad label",
-         messages[1]);
 }
 
 void checkGemm(Backend& cpu, Backend& gpu) {
@@ -959,6 +1019,291 @@ void checkTucker(Backend& cpu, Backend& gpu) {
   }
 }
 
+// --- Transformer kernels --------------------------------------------------------------
+
+void checkGemmStridedBatched(Backend& cpu, Backend& gpu) {
+  // Padding between the batch entries.
+  const int64_t shapes[][4] = {{1, 1, 1, 1}, {3, 7, 5, 4}, {33, 17, 65, 3}};
+  for (const auto& g : shapes) {
+    const int64_t m = g[0], n = g[1], k = g[2], batch = g[3];
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const int64_t sa = m * k + 3, sb = k * n + 1, sc = m * n + 2;
+      char name[128];
+      std::snprintf(name, sizeof name, "gemmStridedBatched m=%lld n=%lld k=%lld batch=%lld %c%c",
+                    (long long)m, (long long)n, (long long)k, (long long)batch, ta ? 'T' : 'N',
+                    tb ? 'T' : 'N');
+      both(
+          name, {randomVector(sa * batch), randomVector(sb * batch), randomVector(sc * batch)}, {2},
+          1e-4, 1e-6 * double(k) * 1.5,
+          [&](Backend& be, std::vector<float*>& p) {
+            be.gemmStridedBatched(ta, tb, m, n, k, 0.75f, p[0], sa, p[1], sb, 0.5f, p[2], sc,
+                                  batch);
+          },
+          cpu, gpu);
+    }
+  }
+}
+
+// Lookup and scatter-add (repeated ids accumulate in token order); shapes are
+// count, vocab, dim.
+void checkEmbedding(Backend& cpu, Backend& gpu) {
+  for (const Shape3& e : sizes().embeddingShapes) {
+    const int64_t count = e[0], vocab = e[1], dim = e[2];
+    const std::string sn = " count=" + std::to_string(count) + " vocab=" + std::to_string(vocab) +
+                           " dim=" + std::to_string(dim);
+    const std::vector<float> ids = randomIndices(count, vocab);
+    both(
+        "embeddingForward" + sn,
+        {std::vector<float>(size_t(count * dim)), randomVector(vocab * dim), ids}, {0}, 0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.embeddingForward(p[0], p[1], p[2], count, vocab, dim);
+        },
+        cpu, gpu);
+    both(
+        "embeddingBackward" + sn, {randomVector(vocab * dim), randomVector(count * dim), ids}, {0},
+        0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.embeddingBackward(p[0], p[1], p[2], count, vocab, dim);
+        },
+        cpu, gpu);
+  }
+  const std::vector<float> ids = {0, 2, 7, 1};
+  for (bool backward : {false, true}) {
+    sameError(backward ? "embeddingBackward bad id" : "embeddingForward bad id", cpu, gpu,
+              [&](Backend& be) {
+                Buffer out(be, 8), weight(be, 8), bi(be, ids);
+                if (backward) {
+                  be.embeddingBackward(weight.data, out.data, bi.data, 4, 4, 2);
+                } else {
+                  be.embeddingForward(out.data, weight.data, bi.data, 4, 4, 2);
+                }
+              });
+  }
+}
+
+// LayerNorm / RMSNorm with and without weight and bias: forward, the weight
+// gradients alone (dx null), then every gradient with dx written over dy.
+void checkNorms(Backend& cpu, Backend& gpu, const std::vector<Shape2>& shapes) {
+  for (const Shape2& ns : shapes) {
+    const int64_t rows = ns[0], cols = ns[1];
+    for (Norm norm : {Norm::Layer, Norm::Rms}) {
+      for (bool affine : {false, true}) {
+        const std::string sn = std::string(norm == Norm::Layer ? " layer" : " rms") +
+                               (affine ? " affine " : " plain ") + std::to_string(rows) + "x" +
+                               std::to_string(cols);
+        const bool withBias = affine && norm == Norm::Layer;
+        const std::vector<float> zeroRows(static_cast<size_t>(rows * cols)),
+            zeroCols(static_cast<size_t>(cols));
+        // 0 y, 1 stats, 2 x, 3 weight, 4 bias, 5 dy (then dx), 6 dweight, 7 dbias,
+        // 8 dweight and 9 dbias without dx
+        both(
+            "normForward/Backward" + sn,
+            {zeroRows, std::vector<float>(size_t(2 * rows)), randomVector(rows * cols, -3, 5),
+             randomVector(cols, 0.5f, 1.5f), randomVector(cols), randomVector(rows * cols),
+             zeroCols, zeroCols, zeroCols, zeroCols},
+            affine ? std::vector<size_t>{0, 1, 5, 6, 7, 8, 9} : std::vector<size_t>{0, 1, 5}, 1e-6,
+            1e-6,
+            [&](Backend& be, std::vector<float*>& p) {
+              const float* w = affine ? p[3] : nullptr;
+              be.normForward(norm, p[0], p[1], p[2], w, withBias ? p[4] : nullptr, rows, cols,
+                             1e-5f);
+              if (affine) {
+                be.normBackward(norm, nullptr, p[8], withBias ? p[9] : nullptr, p[5], p[2], w, p[1],
+                                rows, cols);
+              }
+              be.normBackward(norm, p[5], affine ? p[6] : nullptr, withBias ? p[7] : nullptr, p[5],
+                              p[2], w, p[1], rows, cols);
+            },
+            cpu, gpu);
+      }
+    }
+  }
+}
+
+// keyMask [batch, keyLength] of left-padded sequences: batch b is padded by
+// b + 1 keys, except that the last of several batches hides every key (rows
+// with nothing to attend to).
+std::vector<float> leftPaddedKeyMask(int64_t batch, int64_t keyLength) {
+  std::vector<float> mask(size_t(batch * keyLength), 1.0f);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t padded = b + 1 == batch && b > 0 ? keyLength : std::min(keyLength, b + 1);
+    for (int64_t j = 0; j < padded; ++j) mask[size_t(b * keyLength + j)] = 0.0f;
+  }
+  return mask;
+}
+
+struct SoftmaxCase {
+  int64_t batch, heads, queryLength, keyLength, queryOffset;
+  bool causal, keyMask;
+};
+
+// Row softmax, plain and masked (causal with an offset, left padding, fully
+// masked rows), and its backward pass written over dy.
+void checkMaskedSoftmax(Backend& cpu, Backend& gpu, const std::vector<SoftmaxCase>& cases) {
+  for (const SoftmaxCase& sc : cases) {
+    const int64_t rows = sc.batch * sc.heads * sc.queryLength, cols = sc.keyLength;
+    if (double(rows * cols) > sizes().transformerCaseLimit) continue;
+    char name[160];
+    std::snprintf(name, sizeof name,
+                  "softmaxRows/Backward batch=%lld heads=%lld Tq=%lld Tk=%lld offset=%lld%s%s",
+                  (long long)sc.batch, (long long)sc.heads, (long long)sc.queryLength,
+                  (long long)sc.keyLength, (long long)sc.queryOffset, sc.causal ? " causal" : "",
+                  sc.keyMask ? " keyMask" : "");
+    const bool masked = sc.causal || sc.keyMask;
+    both(
+        name,
+        {std::vector<float>(size_t(rows * cols)), randomVector(rows * cols, -6, 6),
+         leftPaddedKeyMask(sc.batch, cols), randomVector(rows * cols)},
+        {0, 3}, 1e-5, 1e-7,
+        [&](Backend& be, std::vector<float*>& p) {
+          AttentionMask mask;
+          mask.heads = sc.heads;
+          mask.queryLength = sc.queryLength;
+          mask.queryOffset = sc.queryOffset;
+          mask.causal = sc.causal;
+          mask.keyMask = sc.keyMask ? p[2] : nullptr;
+          be.softmaxRows(p[0], p[1], rows, cols, masked ? &mask : nullptr);
+          be.softmaxBackward(p[3], p[0], p[3], rows, cols);
+        },
+        cpu, gpu);
+  }
+}
+
+// Attention forward and backward (composed of the kernels above), GQA ratios 1, 2 and 4.
+void checkAttention(Backend& cpu, Backend& gpu) {
+  struct AttentionCase {
+    int64_t batch, heads, kvHeads, queryLength, keyLength, headDim, queryOffset;
+    bool causal, keyMask;
+  };
+  const AttentionCase cases[] = {{1, 1, 1, 1, 1, 1, 0, false, false},
+                                 {2, 4, 4, 5, 5, 8, 0, true, true},
+                                 {2, 4, 2, 3, 7, 5, 4, true, true},
+                                 {1, 8, 2, 16, 16, 64, 0, true, false},
+                                 {3, 2, 1, 4, 6, 3, 0, false, true}};
+  for (const AttentionCase& ac : cases) {
+    AttentionShape shape;
+    shape.batch = ac.batch;
+    shape.heads = ac.heads;
+    shape.kvHeads = ac.kvHeads;
+    shape.queryLength = ac.queryLength;
+    shape.keyLength = ac.keyLength;
+    shape.headDim = ac.headDim;
+    shape.queryOffset = ac.queryOffset;
+    shape.causal = ac.causal;
+    shape.scale = 1.0f / std::sqrt(float(ac.headDim));
+    const int64_t qs = shape.querySize(), ks = shape.keySize(), ps = shape.probsSize();
+    if (double(std::max({qs, ks, ps})) > sizes().transformerCaseLimit) continue;
+    char name[160];
+    std::snprintf(name, sizeof name,
+                  "attention batch=%lld heads=%lld kvHeads=%lld Tq=%lld Tk=%lld D=%lld "
+                  "offset=%lld%s%s",
+                  (long long)ac.batch, (long long)ac.heads, (long long)ac.kvHeads,
+                  (long long)ac.queryLength, (long long)ac.keyLength, (long long)ac.headDim,
+                  (long long)ac.queryOffset, ac.causal ? " causal" : "",
+                  ac.keyMask ? " keyMask" : "");
+    // 0 q, 1 k, 2 v, 3 keyMask, 4 probs, 5 out, 6 dOut, 7 workspace, 8 dq, 9 dk, 10 dv
+    both(
+        name,
+        {randomVector(qs), randomVector(ks), randomVector(ks),
+         leftPaddedKeyMask(ac.batch, ac.keyLength), std::vector<float>(size_t(ps)),
+         std::vector<float>(size_t(qs)), randomVector(qs), std::vector<float>(size_t(ps)),
+         std::vector<float>(size_t(qs)), std::vector<float>(size_t(ks)),
+         std::vector<float>(size_t(ks))},
+        {4, 5, 8, 9, 10}, 1e-4, 1e-5,
+        [&](Backend& be, std::vector<float*>& p) {
+          attentionForward(be, shape, p[0], p[1], p[2], ac.keyMask ? p[3] : nullptr, p[4], p[5]);
+          attentionBackward(be, shape, p[0], p[1], p[2], p[4], p[6], p[7], p[8], p[9], p[10]);
+        },
+        cpu, gpu);
+  }
+}
+
+// RoPE: full and partial rotary dims, per-batch and shared positions, in place and inverse.
+void checkRope(Backend& cpu, Backend& gpu) {
+  struct RopeCase {
+    int64_t batch, heads, tokens, headDim, rotaryDim;
+    double theta;
+    bool perBatch;
+  };
+  const RopeCase cases[] = {{1, 1, 1, 2, 2, 10000.0, true},
+                            {2, 3, 5, 8, 8, 10000.0, true},
+                            {2, 4, 7, 64, 32, 500000.0, false},
+                            {1, 12, 100, 64, 64, 10000.0, true}};
+  for (const RopeCase& rc : cases) {
+    RopeShape shape;
+    shape.batch = rc.batch;
+    shape.heads = rc.heads;
+    shape.tokens = rc.tokens;
+    shape.headDim = rc.headDim;
+    shape.rotaryDim = rc.rotaryDim;
+    shape.theta = rc.theta;
+    shape.positionsPerBatch = rc.perBatch;
+    const int64_t size = rc.batch * rc.heads * rc.tokens * rc.headDim;
+    if (double(size) > sizes().transformerCaseLimit) continue;
+    const int64_t positions = (rc.perBatch ? rc.batch : 1) * rc.tokens;
+    char name[160];
+    std::snprintf(name, sizeof name, "rope batch=%lld heads=%lld T=%lld D=%lld rotary=%lld%s",
+                  (long long)rc.batch, (long long)rc.heads, (long long)rc.tokens,
+                  (long long)rc.headDim, (long long)rc.rotaryDim, rc.perBatch ? "" : " shared");
+    // 0 y, 1 x, 2 positions, 3 in place then inverted
+    both(
+        name,
+        {std::vector<float>(size_t(size)), randomVector(size), randomIndices(positions, 4096),
+         randomVector(size)},
+        {0, 3}, 1e-6, 1e-6,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.rope(p[0], p[1], p[2], shape, false);
+          be.rope(p[3], p[3], p[2], shape, true);
+        },
+        cpu, gpu);
+  }
+}
+
+void checkPermuteAndCopies(Backend& cpu, Backend& gpu) {
+  const std::vector<std::pair<std::vector<int64_t>, std::vector<int>>> permutes = {
+      {{5}, {0}}, {{3, 4}, {1, 0}}, {{2, 3, 4, 5}, {0, 2, 1, 3}}, {{2, 3, 4, 5}, {3, 1, 0, 2}}};
+  for (const auto& [shape, dims] : permutes) {
+    int64_t size = 1;
+    for (int64_t d : shape) size *= d;
+    const int rank = int(shape.size());
+    both(
+        "permute " + formatShape(shape.data(), rank),
+        {std::vector<float>(size_t(size)), randomVector(size)}, {0}, 0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.permute(p[0], p[1], shape.data(), dims.data(), rank);
+        },
+        cpu, gpu);
+  }
+  both(
+      "copyBlocks 7 rows of 5, strides 11 and 9", {randomVector(80), randomVector(70)}, {0}, 0, 0,
+      [&](Backend& be, std::vector<float*>& p) { be.copyBlocks(p[0] + 3, 11, p[1] + 2, 9, 7, 5); },
+      cpu, gpu);
+}
+
+// The masked softmax cases of the transformer group: full rows, rows longer
+// than a block (kRowThreads = 128), causal with an offset, left padding and
+// fully masked rows (the last batch of each keyMask case).
+const std::vector<SoftmaxCase>& maskedSoftmaxCases() {
+  static const std::vector<SoftmaxCase> cases = {
+      {1, 1, 1, 1, 0, false, false},  {2, 3, 5, 700, 0, false, false}, {2, 2, 6, 6, 0, true, false},
+      {3, 2, 4, 9, 5, true, true},    {2, 4, 1, 17, 16, true, true},   {2, 1, 7, 7, 0, false, true},
+      {2, 2, 3, 300, 297, true, true}};
+  return cases;
+}
+
+// Every transformer kernel (the cross-entropy with an ignore index is in the softmax group,
+// GELU's tanh form and SiLU in the elementwise group).
+void checkTransformer(Backend& cpu, Backend& gpu) {
+  checkGemmStridedBatched(cpu, gpu);
+  checkEmbedding(cpu, gpu);
+  checkNorms(cpu, gpu, sizes().normShapes);
+  checkMaskedSoftmax(cpu, gpu, maskedSoftmaxCases());
+  checkAttention(cpu, gpu);
+  checkRope(cpu, gpu);
+  checkPermuteAndCopies(cpu, gpu);
+}
+
 // --- Grid-stride loops ---------------------------------------------------------------------
 
 // The kernels with a loop over rows, slabs, tiles or chunks per block, on grids
@@ -972,6 +1317,8 @@ void checkGridStride(Backend& cpu, Backend& gpu) {
   checkSumDot(cpu, gpu, 5000);
   checkMatrix(cpu, gpu, {{5, 100}});
   checkSoftmax(cpu, gpu, {{5, 12}});
+  checkNorms(cpu, gpu, {{5, 100}});  // 4 tiles of 32 columns for the weight sums
+  checkMaskedSoftmax(cpu, gpu, {{2, 2, 3, 12, 0, true, true}});
   for (const TuckerCase& tc : std::vector<TuckerCase>{{{8, 7, 9}, {8, 5, 6}},  // pass A: 2 steps
                                                       {{3, 5, 7}, {2, 5, 4}},
                                                       {{6, 4, 4, 4}, {6, 4, 4, 4}}}) {
@@ -1014,296 +1361,6 @@ void checkLarge(Backend& cpu, Backend& gpu) {
   const double outBytes = 2048.0 * 1024 * 1025 * sizeof(float);
   if (haveMemory("Tucker case " + shapeName(big), 2.5 * outBytes, 7 * outBytes)) {
     checkTuckerCase(cpu, gpu, big, kReconstruct | kGradient, "");
-  }
-}
-
-// --- Transformer kernels --------------------------------------------------------------
-
-std::vector<float> randomIndices(int64_t n, int64_t limit) {
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = float(std::uniform_int_distribution<int64_t>(0, limit - 1)(rng));
-  return v;
-}
-
-// The message each backend throws for `op`, or "" if it did not throw.
-std::string thrown(Backend& be, const std::function<void(Backend&)>& op) {
-  try {
-    op(be);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-void checkTransformer(Backend& cpu, Backend& gpu) {
-  // Strided-batched GEMM with padding between the batch entries.
-  const int64_t gemmShapes[][4] = {{1, 1, 1, 1}, {3, 7, 5, 4}, {33, 17, 65, 3}};
-  for (const auto& g : gemmShapes) {
-    const int64_t m = g[0], n = g[1], k = g[2], batch = g[3];
-    for (int t = 0; t < 4; ++t) {
-      const bool ta = t & 1, tb = t & 2;
-      const int64_t sa = m * k + 3, sb = k * n + 1, sc = m * n + 2;
-      char name[128];
-      std::snprintf(name, sizeof name, "gemmStridedBatched m=%lld n=%lld k=%lld batch=%lld %c%c",
-                    (long long)m, (long long)n, (long long)k, (long long)batch, ta ? 'T' : 'N',
-                    tb ? 'T' : 'N');
-      both(
-          name, {randomVector(sa * batch), randomVector(sb * batch), randomVector(sc * batch)}, {2},
-          1e-4, 1e-6 * double(k) * 1.5,
-          [&](Backend& be, std::vector<float*>& p) {
-            be.gemmStridedBatched(ta, tb, m, n, k, 0.75f, p[0], sa, p[1], sb, 0.5f, p[2], sc,
-                                  batch);
-          },
-          cpu, gpu);
-    }
-  }
-
-  // Embedding lookup and scatter-add (repeated ids accumulate in token order).
-  for (const auto& e : {std::vector<int64_t>{1, 1, 1}, {7, 5, 3}, {300, 50, 65}}) {
-    const int64_t count = e[0], vocab = e[1], dim = e[2];
-    const std::string sn = " count=" + std::to_string(count) + " vocab=" + std::to_string(vocab) +
-                           " dim=" + std::to_string(dim);
-    const std::vector<float> ids = randomIndices(count, vocab);
-    both(
-        "embeddingForward" + sn,
-        {std::vector<float>(size_t(count * dim)), randomVector(vocab * dim), ids}, {0}, 0, 0,
-        [&](Backend& be, std::vector<float*>& p) {
-          be.embeddingForward(p[0], p[1], p[2], count, vocab, dim);
-        },
-        cpu, gpu);
-    both(
-        "embeddingBackward" + sn, {randomVector(vocab * dim), randomVector(count * dim), ids}, {0},
-        0, 0,
-        [&](Backend& be, std::vector<float*>& p) {
-          be.embeddingBackward(p[0], p[1], p[2], count, vocab, dim);
-        },
-        cpu, gpu);
-  }
-  {
-    const std::vector<float> ids = {0, 2, 7, 1};
-    std::string messages[2];
-    Backend* backends[2] = {&cpu, &gpu};
-    for (int side = 0; side < 2; ++side) {
-      Buffer out(*backends[side], 8), weight(*backends[side], 8), bi(*backends[side], ids);
-      messages[side] = thrown(*backends[side], [&](Backend& be) {
-        be.embeddingForward(out.data, weight.data, bi.data, 4, 4, 2);
-      });
-    }
-    report(!messages[1].empty() && messages[0] == messages[1], "embeddingForward bad id",
-           messages[1]);
-  }
-
-  // LayerNorm / RMSNorm, with and without weight and bias; dx written over dy.
-  const int64_t normShapes[][2] = {{1, 1}, {3, 7}, {64, 768}, {1500, 33}};
-  for (const auto& ns : normShapes) {
-    const int64_t rows = ns[0], cols = ns[1];
-    for (Norm norm : {Norm::Layer, Norm::Rms}) {
-      for (bool affine : {false, true}) {
-        const std::string sn = std::string(norm == Norm::Layer ? " layer" : " rms") +
-                               (affine ? " affine " : " plain ") + std::to_string(rows) + "x" +
-                               std::to_string(cols);
-        const bool withBias = affine && norm == Norm::Layer;
-        // 0 y, 1 stats, 2 x, 3 weight, 4 bias, 5 dy (then dx), 6 dweight, 7 dbias
-        both(
-            "normForward/Backward" + sn,
-            {std::vector<float>(size_t(rows * cols)), std::vector<float>(size_t(2 * rows)),
-             randomVector(rows * cols, -3, 5), randomVector(cols, 0.5f, 1.5f), randomVector(cols),
-             randomVector(rows * cols), std::vector<float>(size_t(cols)),
-             std::vector<float>(size_t(cols))},
-            {0, 1, 5, 6, 7}, 1e-6, 1e-6,
-            [&](Backend& be, std::vector<float*>& p) {
-              const float* w = affine ? p[3] : nullptr;
-              be.normForward(norm, p[0], p[1], p[2], w, withBias ? p[4] : nullptr, rows, cols,
-                             1e-5f);
-              be.normBackward(norm, p[5], affine ? p[6] : nullptr, withBias ? p[7] : nullptr, p[5],
-                              p[2], w, p[1], rows, cols);
-            },
-            cpu, gpu);
-      }
-    }
-  }
-
-  // Row softmax, plain and masked (causal with an offset, left-padding key
-  // masks, a fully masked row), and its backward pass written over dy.
-  struct SoftmaxCase {
-    int64_t batch, heads, queryLength, keyLength, queryOffset;
-    bool causal, keyMask;
-  };
-  const SoftmaxCase softmaxCases[] = {
-      {1, 1, 1, 1, 0, false, false}, {2, 3, 5, 700, 0, false, false}, {2, 2, 6, 6, 0, true, false},
-      {3, 2, 4, 9, 5, true, true},   {2, 4, 1, 17, 16, true, true},   {2, 1, 7, 7, 0, false, true}};
-  for (const SoftmaxCase& sc : softmaxCases) {
-    const int64_t rows = sc.batch * sc.heads * sc.queryLength, cols = sc.keyLength;
-    std::vector<float> keyMask(size_t(sc.batch * cols), 1.0f);
-    if (sc.keyMask) {
-      // Batch b is left-padded by b + 1 keys; the last batch hides every key.
-      for (int64_t b = 0; b < sc.batch; ++b) {
-        const int64_t padded = b + 1 == sc.batch && b > 0 ? cols : std::min(cols, b + 1);
-        for (int64_t j = 0; j < padded; ++j) keyMask[size_t(b * cols + j)] = 0.0f;
-      }
-    }
-    char name[160];
-    std::snprintf(name, sizeof name,
-                  "softmaxRows/Backward batch=%lld heads=%lld Tq=%lld Tk=%lld offset=%lld%s%s",
-                  (long long)sc.batch, (long long)sc.heads, (long long)sc.queryLength,
-                  (long long)sc.keyLength, (long long)sc.queryOffset, sc.causal ? " causal" : "",
-                  sc.keyMask ? " keyMask" : "");
-    const bool masked = sc.causal || sc.keyMask;
-    both(
-        name,
-        {std::vector<float>(size_t(rows * cols)), randomVector(rows * cols, -6, 6), keyMask,
-         randomVector(rows * cols)},
-        {0, 3}, 1e-5, 1e-7,
-        [&](Backend& be, std::vector<float*>& p) {
-          AttentionMask mask;
-          mask.heads = sc.heads;
-          mask.queryLength = sc.queryLength;
-          mask.queryOffset = sc.queryOffset;
-          mask.causal = sc.causal;
-          mask.keyMask = sc.keyMask ? p[2] : nullptr;
-          be.softmaxRows(p[0], p[1], rows, cols, masked ? &mask : nullptr);
-          be.softmaxBackward(p[3], p[0], p[3], rows, cols);
-        },
-        cpu, gpu);
-  }
-
-  // Attention forward and backward (composed of the kernels above), GQA ratios 1, 2 and 4.
-  struct AttentionCase {
-    int64_t batch, heads, kvHeads, queryLength, keyLength, headDim, queryOffset;
-    bool causal, keyMask;
-  };
-  const AttentionCase attentionCases[] = {{1, 1, 1, 1, 1, 1, 0, false, false},
-                                          {2, 4, 4, 5, 5, 8, 0, true, true},
-                                          {2, 4, 2, 3, 7, 5, 4, true, true},
-                                          {1, 8, 2, 16, 16, 64, 0, true, false},
-                                          {3, 2, 1, 4, 6, 3, 0, false, true}};
-  for (const AttentionCase& ac : attentionCases) {
-    AttentionShape shape;
-    shape.batch = ac.batch;
-    shape.heads = ac.heads;
-    shape.kvHeads = ac.kvHeads;
-    shape.queryLength = ac.queryLength;
-    shape.keyLength = ac.keyLength;
-    shape.headDim = ac.headDim;
-    shape.queryOffset = ac.queryOffset;
-    shape.causal = ac.causal;
-    shape.scale = 1.0f / std::sqrt(float(ac.headDim));
-    std::vector<float> keyMask(size_t(ac.batch * ac.keyLength), 1.0f);
-    if (ac.keyMask) {
-      for (int64_t b = 0; b < ac.batch; ++b) {
-        for (int64_t j = 0; j < std::min(b, ac.keyLength); ++j) {
-          keyMask[size_t(b * ac.keyLength + j)] = 0.0f;
-        }
-      }
-    }
-    char name[160];
-    std::snprintf(name, sizeof name,
-                  "attention batch=%lld heads=%lld kvHeads=%lld Tq=%lld Tk=%lld D=%lld "
-                  "offset=%lld%s%s",
-                  (long long)ac.batch, (long long)ac.heads, (long long)ac.kvHeads,
-                  (long long)ac.queryLength, (long long)ac.keyLength, (long long)ac.headDim,
-                  (long long)ac.queryOffset, ac.causal ? " causal" : "",
-                  ac.keyMask ? " keyMask" : "");
-    const int64_t qs = shape.querySize(), ks = shape.keySize(), ps = shape.probsSize();
-    // 0 q, 1 k, 2 v, 3 keyMask, 4 probs, 5 out, 6 dOut, 7 workspace, 8 dq, 9 dk, 10 dv
-    both(
-        name,
-        {randomVector(qs), randomVector(ks), randomVector(ks), keyMask,
-         std::vector<float>(size_t(ps)), std::vector<float>(size_t(qs)), randomVector(qs),
-         std::vector<float>(size_t(ps)), std::vector<float>(size_t(qs)),
-         std::vector<float>(size_t(ks)), std::vector<float>(size_t(ks))},
-        {4, 5, 8, 9, 10}, 1e-4, 1e-5,
-        [&](Backend& be, std::vector<float*>& p) {
-          attentionForward(be, shape, p[0], p[1], p[2], ac.keyMask ? p[3] : nullptr, p[4], p[5]);
-          attentionBackward(be, shape, p[0], p[1], p[2], p[4], p[6], p[7], p[8], p[9], p[10]);
-        },
-        cpu, gpu);
-  }
-
-  // RoPE: full and partial rotary dims, per-batch and shared positions, in place and inverse.
-  struct RopeCase {
-    int64_t batch, heads, tokens, headDim, rotaryDim;
-    double theta;
-    bool perBatch;
-  };
-  const RopeCase ropeCases[] = {{1, 1, 1, 2, 2, 10000.0, true},
-                                {2, 3, 5, 8, 8, 10000.0, true},
-                                {2, 4, 7, 64, 32, 500000.0, false},
-                                {1, 12, 100, 64, 64, 10000.0, true}};
-  for (const RopeCase& rc : ropeCases) {
-    RopeShape shape;
-    shape.batch = rc.batch;
-    shape.heads = rc.heads;
-    shape.tokens = rc.tokens;
-    shape.headDim = rc.headDim;
-    shape.rotaryDim = rc.rotaryDim;
-    shape.theta = rc.theta;
-    shape.positionsPerBatch = rc.perBatch;
-    const int64_t size = rc.batch * rc.heads * rc.tokens * rc.headDim;
-    const int64_t positions = (rc.perBatch ? rc.batch : 1) * rc.tokens;
-    char name[160];
-    std::snprintf(name, sizeof name, "rope batch=%lld heads=%lld T=%lld D=%lld rotary=%lld%s",
-                  (long long)rc.batch, (long long)rc.heads, (long long)rc.tokens,
-                  (long long)rc.headDim, (long long)rc.rotaryDim, rc.perBatch ? "" : " shared");
-    // 0 y, 1 x, 2 positions, 3 in place then inverted
-    both(
-        name,
-        {std::vector<float>(size_t(size)), randomVector(size), randomIndices(positions, 4096),
-         randomVector(size)},
-        {0, 3}, 1e-6, 1e-6,
-        [&](Backend& be, std::vector<float*>& p) {
-          be.rope(p[0], p[1], p[2], shape, false);
-          be.rope(p[3], p[3], p[2], shape, true);
-        },
-        cpu, gpu);
-  }
-
-  // Permutes and block copies.
-  const std::vector<std::pair<std::vector<int64_t>, std::vector<int>>> permutes = {
-      {{5}, {0}}, {{3, 4}, {1, 0}}, {{2, 3, 4, 5}, {0, 2, 1, 3}}, {{2, 3, 4, 5}, {3, 1, 0, 2}}};
-  for (const auto& [shape, dims] : permutes) {
-    int64_t size = 1;
-    for (int64_t d : shape) size *= d;
-    const int rank = int(shape.size());
-    both(
-        "permute " + formatShape(shape.data(), rank),
-        {std::vector<float>(size_t(size)), randomVector(size)}, {0}, 0, 0,
-        [&](Backend& be, std::vector<float*>& p) {
-          be.permute(p[0], p[1], shape.data(), dims.data(), rank);
-        },
-        cpu, gpu);
-  }
-  both(
-      "copyBlocks 7 rows of 5, strides 11 and 9", {randomVector(80), randomVector(70)}, {0}, 0, 0,
-      [&](Backend& be, std::vector<float*>& p) { be.copyBlocks(p[0] + 3, 11, p[1] + 2, 9, 7, 5); },
-      cpu, gpu);
-
-  // Cross-entropy with ignored rows, and with every row ignored (NaN loss, zero gradient).
-  for (bool allIgnored : {false, true}) {
-    const int64_t rows = 9, classes = 50;
-    std::vector<float> labels = randomIndices(rows, classes);
-    for (int64_t i = 0; i < rows; ++i) {
-      if (allIgnored || i % 3 == 1) labels[size_t(i)] = -100.0f;
-    }
-    const std::vector<float> logits = randomVector(rows * classes, -8, 8);
-    double loss[2] = {0, 0};
-    std::vector<float> grads[2];
-    Backend* backends[2] = {&cpu, &gpu};
-    const std::string sn = allIgnored ? " (all ignored)" : " (ignore index)";
-    try {
-      for (int side = 0; side < 2; ++side) {
-        Buffer bl(*backends[side], logits), bt(*backends[side], labels);
-        Buffer bg(*backends[side], randomVector(rows * classes));
-        loss[side] =
-            backends[side]->softmaxCrossEntropy(bl.data, bt.data, rows, classes, -100, bg.data, 1);
-        grads[side] = bg.read();
-      }
-    } catch (const std::exception& e) {
-      report(false, "softmaxCrossEntropy" + sn, e.what());
-      continue;
-    }
-    compareScalar("softmaxCrossEntropy loss" + sn, loss[0], loss[1], 1e-6, 1e-6);
-    compare("softmaxCrossEntropy grad" + sn, grads[0], grads[1], 1e-5, 2e-7);
   }
 }
 
