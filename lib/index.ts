@@ -16,6 +16,7 @@ export * as optim from './optim/index';
 export * as adapters from './adapters/index';
 export * as distributed from './distributed/index';
 export * as models from './models/index';
+export * as tokenizers from './tokenizers/index';
 export {
   injectAdapter,
   saveAdapter,
