@@ -108,7 +108,8 @@ export class Sequential extends Module {
   }
 }
 
-export type ActivationKind = ActivationName;
+// The activations MLP can place between its layers (those with a module here).
+export type ActivationKind = Extract<ActivationName, 'relu' | 'gelu' | 'tanh'>;
 
 export interface MLPOptions {
   /** Between hidden layers (default 'relu'); none after the last Linear. */
