@@ -25,11 +25,11 @@ export interface MergeOptions {
   safeMerge?: boolean;
 }
 
-export class PeftModel {
+export class PeftModel<M extends Module = Module> {
   /** The model itself (its adapted Linear layers are AdapterLinear wrappers). */
-  readonly model: Module;
+  readonly model: M;
 
-  constructor(model: Module) {
+  constructor(model: M) {
     if (!(model instanceof Module)) throw new Error('PeftModel wraps an nn.Module');
     this.model = model;
   }
@@ -163,13 +163,13 @@ export class PeftModel {
    * Merges the active adapters, then replaces every AdapterLinear by its Linear
    * and frees all adapters: returns the plain model, at zero extra cost per token.
    */
-  mergeAndUnload(options: MergeOptions = {}): Module {
+  mergeAndUnload(options: MergeOptions = {}): M {
     this.mergeAdapter(null, options);
     return this.#unwrap();
   }
 
   /** Removes every adapter without merging (unmerging any merged one): returns the base model. */
-  unload(): Module {
+  unload(): M {
     this.unmergeAdapter();
     return this.#unwrap();
   }
@@ -209,7 +209,7 @@ export class PeftModel {
     }
   }
 
-  #unwrap(): Module {
+  #unwrap(): M {
     for (const [name, layer] of adapterLayers(this.model)) {
       layer.discardAdapters();
       this.model.setSubmodule(name, layer.baseLayer);
@@ -238,7 +238,11 @@ function injectInto(model: Module, config: AdapterConfig, adapterName: string): 
  * target matches nothing (listing the modules that exist), a matched module is
  * not a Linear, or a layer's shape does not suit the method.
  */
-export function injectAdapter(model: Module | PeftModel, config: AdapterConfig, adapterName = 'default'): PeftModel {
+export function injectAdapter<M extends Module>(
+  model: M | PeftModel<M>,
+  config: AdapterConfig,
+  adapterName = 'default',
+): PeftModel<M> {
   const module = model instanceof PeftModel ? model.model : model;
   injectInto(module, config, adapterName);
   return model instanceof PeftModel ? model : new PeftModel(module);
