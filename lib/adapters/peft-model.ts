@@ -5,7 +5,6 @@
  * mergeAdapter, unmergeAdapter, mergeAndUnload, unload, and a disableAdapters
  * scope (PEFT's `with model.disable_adapter():`).
  */
-import type { Input } from '../autograd/ops';
 import type { Parameter, Var } from '../autograd/var';
 import { Module } from '../nn/module';
 import type { AdapterConfig } from './config';
@@ -53,8 +52,10 @@ export class PeftModel<M extends Module = Module> {
     return [...adapterState(this.model).active];
   }
 
-  forward(input: Input): Var {
-    return this.model.forward(input);
+  /** The model's forward pass, with its arguments (a language model's ids and options included). */
+  forward(...args: Parameters<M['forward']>): Var {
+    const forward = this.model.forward as (...a: Parameters<M['forward']>) => Var;
+    return forward.apply(this.model, args);
   }
 
   namedParameters(): [string, Parameter][] {
