@@ -236,6 +236,17 @@ describe('offline and bad input', () => {
     expect(() => Tokenizer.fromFolder(dir)).toThrow(`tokenizer file ${config}: not valid JSON`);
   });
 
+  test('add_bos_token / add_eos_token that disagree with the post-processor are refused', () => {
+    const json = llamaTokenizerJson('normalizer');
+    expect(() => new Tokenizer(json, { ...LLAMA_TOKENIZER_CONFIG, add_eos_token: true })).toThrow(
+      "add_eos_token is true but tokenizer.json's post-processor does not add that token at the end",
+    );
+    expect(() => new Tokenizer(json, { ...LLAMA_TOKENIZER_CONFIG, add_bos_token: false })).toThrow(
+      "add_bos_token is false but tokenizer.json's post-processor adds that token at the start",
+    );
+    expect(new Tokenizer(json, LLAMA_TOKENIZER_CONFIG).encode('the').ids[0]).toBe(1);
+  });
+
   test('ids outside the vocabulary and non-text input are refused', () => {
     const t = new Tokenizer(gpt2TokenizerJson(), GPT2_TOKENIZER_CONFIG);
     expect(() => t.decode([262, 300])).toThrow('decode: ids[1] is 300, not a token id');

@@ -310,7 +310,7 @@ export function encodeSafetensors(
         if (!types.isFloat32Array(values) || values.length !== sizes[i]) {
           throw new Error(
             `safetensors: tensor "${tensor.name}" has shape [${tensor.shape.join(', ')}] (${sizes[i]} values) ` +
-              `but its source gave ${types.isFloat32Array(values) ? `${values.length} values` : describeValue(values)}`,
+              `but its source gave ${types.isFloat32Array(values) ? `${values.length} values` : 'no Float32Array'}`,
           );
         }
         const codec = WRITABLE_DTYPES[tensor.dtype];
@@ -518,7 +518,7 @@ export class SafetensorsReader {
     if (!types.isFloat32Array(target) || target.length !== size) {
       throw new Error(
         `${this.#label}: tensor "${name}" has ${size} values; the target must be a Float32Array of that length, ` +
-          `got ${types.isFloat32Array(target) ? `length ${target.length}` : describeValue(target)}`,
+          `got ${types.isFloat32Array(target) ? `length ${target.length}` : 'no Float32Array'}`,
       );
     }
     const codec = READABLE_DTYPES[entry.dtype];

@@ -74,7 +74,7 @@ function isPlainObject(value: unknown): value is Json {
 }
 
 /** A JSON value as it appears in the file, shortened for an error message. */
-function describeValue(value: unknown): string {
+function describeJson(value: unknown): string {
   const text = value === undefined ? 'nothing' : JSON.stringify(value);
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
@@ -109,7 +109,7 @@ class FieldReader {
     const value = given === null && nullMeansDefault ? fallback : given;
     this.out[key] = value;
     if (!Number.isSafeInteger(value) || (value as number) < min) {
-      this.problem(key, `must be an integer >= ${min}, got ${describeValue(value)}`);
+      this.problem(key, `must be an integer >= ${min}, got ${describeJson(value)}`);
       return min;
     }
     return value as number;
@@ -121,7 +121,7 @@ class FieldReader {
     this.out[key] = value;
     if (value === null) return null;
     if (!Number.isSafeInteger(value) || (value as number) < 1) {
-      this.problem(key, `must be a positive integer or null, got ${describeValue(value)}`);
+      this.problem(key, `must be a positive integer or null, got ${describeJson(value)}`);
       return 1;
     }
     return value as number;
@@ -132,7 +132,7 @@ class FieldReader {
     const value = this.has(key) ? this.json[key] : fallback;
     this.out[key] = value;
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (positive && value === 0)) {
-      this.problem(key, `must be a finite number ${positive ? '> 0' : '>= 0'}, got ${describeValue(value)}`);
+      this.problem(key, `must be a finite number ${positive ? '> 0' : '>= 0'}, got ${describeJson(value)}`);
       return fallback;
     }
     return value;
@@ -142,7 +142,7 @@ class FieldReader {
     const value = this.has(key) ? this.json[key] : fallback;
     this.out[key] = value;
     if (typeof value !== 'boolean') {
-      this.problem(key, `must be true or false, got ${describeValue(value)}`);
+      this.problem(key, `must be true or false, got ${describeJson(value)}`);
       return fallback;
     }
     return value;
@@ -160,7 +160,7 @@ class FieldReader {
     const mapped =
       typeof value === 'string' && Object.prototype.hasOwnProperty.call(allowed, value) ? allowed[value] : null;
     if (mapped === null) {
-      this.problem(key, `${describeValue(value)} is not supported (supported: ${Object.keys(allowed).join(', ')})`);
+      this.problem(key, `${describeJson(value)} is not supported (supported: ${Object.keys(allowed).join(', ')})`);
       return Object.values(allowed)[0];
     }
     return mapped;
@@ -224,12 +224,12 @@ function readRope(fields: FieldReader): number {
   ] as const) {
     if (value === null) continue;
     if (!isPlainObject(value)) {
-      fields.problem(key, `must be an object or null, got ${describeValue(value)}`);
+      fields.problem(key, `must be an object or null, got ${describeJson(value)}`);
       continue;
     }
     const type = value.rope_type ?? value.type ?? 'default';
     if (type !== 'default') {
-      fields.problem(key, `has rope type ${describeValue(type)}; only 'default' (no scaling) is supported`);
+      fields.problem(key, `has rope type ${describeJson(type)}; only 'default' (no scaling) is supported`);
     }
     const extra = Object.keys(value).filter((k) => !['rope_type', 'type', 'rope_theta'].includes(k));
     if (extra.length > 0)
@@ -238,7 +238,7 @@ function readRope(fields: FieldReader): number {
       if (topLevel !== undefined && value.rope_theta !== topLevel) {
         fields.problem(
           key,
-          `.rope_theta (${describeValue(value.rope_theta)}) disagrees with rope_theta (${describeValue(topLevel)})`,
+          `.rope_theta (${describeJson(value.rope_theta)}) disagrees with rope_theta (${describeJson(topLevel)})`,
         );
       }
       theta = value.rope_theta;
@@ -248,11 +248,11 @@ function readRope(fields: FieldReader): number {
   if (partial !== undefined && partial !== null && partial !== 1) {
     fields.problem(
       'partial_rotary_factor',
-      `${describeValue(partial)} is not supported (rotary embedding on the whole head only)`,
+      `${describeJson(partial)} is not supported (rotary embedding on the whole head only)`,
     );
   }
   if (typeof theta !== 'number' || !Number.isFinite(theta) || theta <= 0) {
-    fields.problem('rope_theta', `must be a finite number > 0, got ${describeValue(theta)}`);
+    fields.problem('rope_theta', `must be a finite number > 0, got ${describeJson(theta)}`);
     theta = 10000;
   }
   fields.out.rope_theta = theta;
@@ -316,7 +316,7 @@ function readLlama(fields: FieldReader, modelType: 'llama' | 'mistral'): Omit<Ll
     if (window !== null && !(Number.isSafeInteger(window) && (window as number) >= maxPositions)) {
       fields.problem(
         'sliding_window',
-        `${describeValue(window)} is not supported: sliding-window attention is not implemented ` +
+        `${describeJson(window)} is not supported: sliding-window attention is not implemented ` +
           `(null, or a window >= max_position_embeddings (${maxPositions}), computes full causal attention)`,
       );
     }
@@ -355,11 +355,11 @@ function deepFreeze<T>(value: T): T {
  */
 export function parseModelConfig(json: unknown, source = 'config.json'): ModelConfig {
   if (!isPlainObject(json))
-    throw new Error(`${source}: a model config must be a JSON object, got ${describeValue(json)}`);
+    throw new Error(`${source}: a model config must be a JSON object, got ${describeJson(json)}`);
   const modelType = json.model_type;
   if (modelType !== 'gpt2' && modelType !== 'llama' && modelType !== 'mistral') {
     throw new Error(
-      `${source}: model_type ${describeValue(modelType)} is not supported (supported: gpt2, llama, mistral)`,
+      `${source}: model_type ${describeJson(modelType)} is not supported (supported: gpt2, llama, mistral)`,
     );
   }
   const out: Json = structuredClone(json);

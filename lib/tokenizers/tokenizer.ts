@@ -144,9 +144,38 @@ export class Tokenizer {
       throw new Error(`tokenizer config for ${source}: padding_side must be 'left' or 'right', got ${String(side)}`);
     }
     this.paddingSide = side;
+    this.#checkAddFlags(config);
     this.#specialIds = new Set(
       [...this.#library.get_added_tokens_decoder()].filter(([, token]) => token.special).map(([id]) => id),
     );
+  }
+
+  /**
+   * transformers rebuilds a LLaMA tokenizer's post-processor from add_bos_token /
+   * add_eos_token; we use tokenizer.json's as it is, so a config whose flags say
+   * otherwise is refused rather than encoded differently.
+   */
+  #checkAddFlags(config: Record<string, unknown>): void {
+    const withSpecial = this.#library.encode('a', { add_special_tokens: true }).ids;
+    const plain = this.#library.encode('a', { add_special_tokens: false }).ids;
+    const start = findRun(withSpecial, plain);
+    const added = { start: withSpecial.slice(0, start), end: withSpecial.slice(start + plain.length) };
+    for (const [flag, id, where] of [
+      ['add_bos_token', this.bosTokenId, 'start'],
+      ['add_eos_token', this.eosTokenId, 'end'],
+    ] as const) {
+      const value = config[flag];
+      if (value === undefined || value === null) continue;
+      if (typeof value !== 'boolean')
+        throw new Error(`tokenizer config for ${this.source}: ${flag} must be true or false`);
+      const adds = id !== null && added[where].includes(id);
+      if (adds !== value) {
+        throw new Error(
+          `tokenizer config for ${this.source}: ${flag} is ${value} but tokenizer.json's post-processor ` +
+            `${adds ? 'adds' : 'does not add'} that token at the ${where}; make the two agree`,
+        );
+      }
+    }
   }
 
   /** A tokenizer.json, with tokenizer_config.json from `configFile` when given. */
@@ -282,7 +311,7 @@ function findRun(ids: readonly number[], run: readonly number[]): number {
   for (let start = 0; start + run.length <= ids.length; start++) {
     if (run.every((id, i) => ids[start + i] === id)) return start;
   }
-  throw new Error('encode: the post-processor changed the text tokens; cannot truncate around special tokens');
+  throw new Error('the post-processor changed the text tokens, not only added special tokens around them');
 }
 
 /**
