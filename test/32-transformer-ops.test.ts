@@ -619,6 +619,41 @@ describe('a frozen base: no gradient kernel and no gradient buffer for an input 
   });
 });
 
+describe('results do not depend on the thread count', () => {
+  it('gradients of embedding, layerNorm, attention and crossEntropy are bit-identical on 1 and 3 threads', () => {
+    const inputs = {
+      table: randomArray(40 * 24, next),
+      hidden: randomArray(2 * 300 * 24, next),
+      gamma: randomArray(24, next),
+      ids: Array.from({ length: 600 }, () => Math.floor(next() * 40)),
+    };
+    const run = (threads: number): Float32Array[] => {
+      const previous = tera.getNumThreads();
+      tera.setNumThreads(threads);
+      try {
+        const table = new ag.Parameter(tera.tensor(inputs.table, [40, 24]));
+        const gamma = new ag.Parameter(tera.tensor(inputs.gamma, [24]));
+        const hidden = new ag.Var(tera.tensor(inputs.hidden, [2, 300, 24]), { requiresGrad: true });
+        const x = ag.add(ag.embedding(table, inputs.ids, [2, 300]), hidden);
+        const normed = ag.reshape(ag.layerNorm(x, gamma, null), [2, 300, 2, 12]);
+        const heads = ag.permute(normed, [0, 2, 1, 3]);
+        const mixed = ag.attention(heads, heads, heads, { causal: true });
+        const logits = ag.reshape(ag.permute(mixed, [0, 2, 1, 3]), [600, 24]);
+        const loss = ag.crossEntropy(
+          logits,
+          inputs.ids.map((id) => (id % 7 === 0 ? -100 : id % 24)),
+        );
+        loss.backward();
+        return [loss.data, table.grad!, gamma.grad!, hidden.grad!].map((t) => t.toFloat32Array());
+      } finally {
+        tera.setNumThreads(previous);
+      }
+    };
+    const [one, three] = [run(1), run(3)];
+    one.forEach((values, i) => expect(Array.from(three[i])).toEqual(Array.from(values)));
+  });
+});
+
 describe('refused input: a message naming the problem, nothing changed', () => {
   function unchanged(t: tera.Tensor, fn: () => unknown, message: RegExp): void {
     const before = t.toFloat32Array();
@@ -689,6 +724,7 @@ describe('refused input: a message naming the problem, nothing changed', () => {
     unchanged(x, () => ag.layerNorm(x, tera.ones([3]), null), /layerNorm: weight has shape \[3\], expected \[4\]/);
     unchanged(x, () => ag.layerNorm(x, null, null, { eps: -1 }), /eps must be a finite number >= 0/);
     unchanged(x, () => ag.rmsNorm(x, tera.ones([4], {}), { eps: NaN }), /eps must be a finite number/);
+    unchanged(x, () => ag.layerNorm(x, null, null, { epsilon: 1 } as never), /layerNorm: unknown option epsilon/);
   });
 
   it('attention', () => {
@@ -707,6 +743,8 @@ describe('refused input: a message naming the problem, nothing changed', () => {
       /keyMask has shape \[3, 1\], expected \[1, 3\]/,
     );
     unchanged(x, () => ag.attention(x, k, k, { scale: Infinity }), /scale must be a finite number/);
+    const misspelt = { casual: true } as unknown as tera.autograd.AttentionOptions;
+    unchanged(x, () => ag.attention(x, k, k, misspelt), /attention: unknown option casual; options: causal, keyMask/);
     unchanged(x, () => ag.attention(tera.zeros([2, 3, 4]), k, k), /q must be \[batch, heads, tokens, headDim\]/);
   });
 
@@ -721,6 +759,8 @@ describe('refused input: a message naming the problem, nothing changed', () => {
     unchanged(x, () => ag.rope(x, [0, -1, 2], { theta: 10000 }), /position -1 at index 1 is not a position/);
     unchanged(x, () => ag.rope(x, [0, 0.5, 2], { theta: 10000 }), /position 0.5 at index 1/);
     unchanged(x, () => ag.rope(x, [0, 1, 2], { theta: 0 }), /theta must be positive/);
+    unchanged(x, () => ag.rope(x, [0, 1, 2], undefined as unknown as { theta: number }), /options must be an object/);
+    unchanged(x, () => ag.rope(x, [0, 1, 2], { base: 10 } as unknown as { theta: number }), /unknown option base/);
   });
 
   it('permute, split, concat', () => {
@@ -746,6 +786,11 @@ describe('refused input: a message naming the problem, nothing changed', () => {
     );
     unchanged(logits, () => ag.crossEntropy(logits, [0, -1]), /label -1 at row 1/);
     unchanged(logits, () => ag.crossEntropy(logits, [0, 1], { ignoreIndex: 0.5 }), /ignoreIndex must be an integer/);
+    unchanged(
+      logits,
+      () => ag.crossEntropy(logits, [0, 1], { ignore_index: 1 } as never),
+      /unknown option ignore_index/,
+    );
     unchanged(logits, () => ag.crossEntropy(logits, [0]), /1 labels for 2 rows/);
     unchanged(logits, () => ag.crossEntropy(tera.zeros([6]), [0]), /logits must be \[rows, classes\]/);
   });

@@ -33,6 +33,15 @@ function keepForBackward(checked: { tensor: Tensor; owned: boolean }, keep: bool
   return checked.owned ? checked.tensor : checked.tensor.clone();
 }
 
+/** Refuses option keys an op does not know: a misspelt `causal` must not give non-causal attention. */
+function knownOptions(op: string, options: object, known: readonly string[]): void {
+  if (options === null || typeof options !== 'object') {
+    throw new Error(`${op}: options must be an object, got ${describeValue(options)}`);
+  }
+  const unknown = Object.keys(options).filter((key) => !known.includes(key));
+  if (unknown.length > 0) throw new Error(`${op}: unknown option ${unknown.join(', ')}; options: ${known.join(', ')}`);
+}
+
 function checkFinite(op: string, name: string, value: number, minimum = -Infinity): void {
   if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum) {
     throw new Error(
@@ -155,11 +164,13 @@ function norm(kind: NormName, op: string, x: Input, weight: Input | null, bias: 
  * the biased variance; weight and bias may be null (ones and zeros).
  */
 export function layerNorm(x: Input, weight: Input | null, bias: Input | null, options: NormOptions = {}): Var {
+  knownOptions('layerNorm', options, ['eps']);
   return norm('layer', 'layerNorm', x, weight, bias, options.eps ?? 1e-5);
 }
 
 /** Hugging Face's LlamaRMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight (weight null: ones). */
 export function rmsNorm(x: Input, weight: Input | null, options: NormOptions = {}): Var {
+  knownOptions('rmsNorm', options, ['eps']);
   return norm('rms', 'rmsNorm', x, weight, null, options.eps ?? 1e-6);
 }
 
@@ -230,6 +241,7 @@ export function attention(q: Input, k: Input, v: Input, options: AttentionOption
     [kv, 'k'],
     [vv, 'v'],
   ]);
+  knownOptions(op, options, ['causal', 'keyMask', 'queryOffset', 'scale']);
   const { causal = false, queryOffset = 0, keyMask } = options;
   const scale = options.scale ?? 1 / Math.sqrt(headDim);
   if (typeof causal !== 'boolean') throw new Error(`${op}: causal must be a boolean, got ${describeValue(causal)}`);
@@ -338,7 +350,7 @@ export function rope(x: Input, positions: IntegerInput, options: RopeOptions): V
   const op = 'rope';
   const xv = asVar(x, `${op}: x`);
   const [batch, heads, tokens, headDim] = rank4(op, 'x', xv);
-  if (typeof options !== 'object' || options === null) throw new Error(`${op}: options { theta } are required`);
+  knownOptions(op, options, ['theta', 'rotaryDim']);
   const { theta, rotaryDim = headDim } = options;
   checkFinite(op, 'theta', theta);
   if (!(theta > 0)) throw new Error(`${op}: theta must be positive, got ${theta}`);
@@ -493,5 +505,6 @@ export interface CrossEntropyOptions {
  * torch's mean over nothing, and the gradient is zero. Only logits get a gradient.
  */
 export function crossEntropy(logits: Input, labels: IntegerInput, options: CrossEntropyOptions = {}): Var {
+  knownOptions('crossEntropy', options, ['ignoreIndex']);
   return crossEntropyLoss('crossEntropy', logits, labels, options.ignoreIndex ?? -100);
 }

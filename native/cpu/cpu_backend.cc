@@ -288,18 +288,22 @@ class CpuBackend final : public Backend {
           if (g) std::fill(g, g + classes, 0.0f);
           continue;
         }
+        // One exp per entry (kept in grad), float32 as torch's log_softmax, summed in double.
         const float* row = logits + i * classes;
-        const double peak = *std::max_element(row, row + classes);
+        const float peak = *std::max_element(row, row + classes);
         double total = 0;
-        for (int64_t j = 0; j < classes; ++j) total += std::exp(double(row[j]) - peak);
+        for (int64_t j = 0; j < classes; ++j) {
+          const float e = std::exp(row[j] - peak);
+          if (g) g[j] = e;
+          total += e;
+        }
         const int64_t label = int64_t(labels[i]);
-        const double logSum = peak + std::log(total);
-        rowLoss[size_t(i)] = logSum - double(row[label]);
-        if (g) {
-          for (int64_t j = 0; j < classes; ++j) {
-            const double p = std::exp(double(row[j]) - logSum);
-            g[j] = float(double(scale) * (p - (j == label ? 1.0 : 0.0)) / double(counted));
-          }
+        rowLoss[size_t(i)] = double(peak) + std::log(total) - double(row[label]);
+        if (g) {  // scale (softmax - onehot) / counted
+          const double share = double(scale) / double(counted);
+          const float factor = float(share / total);
+          for (int64_t j = 0; j < classes; ++j) g[j] *= factor;
+          g[label] -= float(share);
         }
       }
     });

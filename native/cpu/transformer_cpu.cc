@@ -25,6 +25,22 @@ void forEachRow(int64_t rows, int64_t cols, Body body) {
   });
 }
 
+// sum_j term(j) for j < n in double, in four running sums combined in a fixed
+// order: one running sum waits on each add's latency, four keep the adder busy.
+template <typename Term>
+double rowSum(int64_t n, Term term) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    s0 += term(j);
+    s1 += term(j + 1);
+    s2 += term(j + 2);
+    s3 += term(j + 3);
+  }
+  for (; j < n; ++j) s0 += term(j);
+  return (s0 + s1) + (s2 + s3);
+}
+
 // Whether key j of a masked softmax row is kept, and the row's causal limit.
 struct RowMask {
   const float* keys = nullptr;  // this row's batch entry of the key mask, or null
@@ -78,18 +94,16 @@ void normForward(Norm norm, float* y, float* stats, const float* x, const float*
                  const float* bias, int64_t rows, int64_t cols, float eps) {
   forEachRow(rows, cols, [&](int64_t r) {
     const float* xr = x + r * cols;
-    double mean = 0;
-    if (norm == Norm::Layer) {
-      for (int64_t j = 0; j < cols; ++j) mean += xr[j];
-      mean /= double(cols);
-    }
+    const double mean = norm == Norm::Layer
+                            ? rowSum(cols, [&](int64_t j) { return double(xr[j]); }) / double(cols)
+                            : 0.0;
     const float meanF = float(mean);
-    double var = 0;
-    for (int64_t j = 0; j < cols; ++j) {
-      const double d = double(xr[j]) - mean;
-      var += d * d;
-    }
-    var /= double(cols);
+    const double var = rowSum(cols,
+                              [&](int64_t j) {
+                                const double d = double(xr[j]) - mean;
+                                return d * d;
+                              }) /
+                       double(cols);
     const float rstd = float(1.0 / std::sqrt(var + double(eps)));
     float* yr = y + r * cols;
     for (int64_t j = 0; j < cols; ++j) {
@@ -131,19 +145,19 @@ void normBackward(Norm norm, float* dx, float* dweight, float* dbias, const floa
   forEachRow(rows, cols, [&](int64_t r) {
     const float* xr = x + r * cols;
     const float* gr = dy + r * cols;
-    double sumG = 0, sumGX = 0;
-    for (int64_t j = 0; j < cols; ++j) {
-      const float g = weight ? gr[j] * weight[j] : gr[j];
-      sumG += g;
-      sumGX += double(g) * double((xr[j] - mean[r]) * rstd[r]);
-    }
-    const float a = norm == Norm::Layer ? float(sumG / double(cols)) : 0.0f;
-    const float b = float(sumGX / double(cols));
+    const auto g = [&](int64_t j) { return weight ? gr[j] * weight[j] : gr[j]; };
+    const float a =
+        norm == Norm::Layer
+            ? float(rowSum(cols, [&](int64_t j) { return double(g(j)); }) / double(cols))
+            : 0.0f;
+    const float b = float(
+        rowSum(cols,
+               [&](int64_t j) { return double(g(j)) * double((xr[j] - mean[r]) * rstd[r]); }) /
+        double(cols));
     float* dr = dx + r * cols;
     for (int64_t j = 0; j < cols; ++j) {
-      const float g = weight ? gr[j] * weight[j] : gr[j];
       const float xhat = (xr[j] - mean[r]) * rstd[r];
-      dr[j] = rstd[r] * (g - a - xhat * b);
+      dr[j] = rstd[r] * (g(j) - a - xhat * b);
     }
   });
 }
@@ -180,9 +194,7 @@ void softmaxBackward(float* dx, const float* y, const float* dy, int64_t rows, i
   forEachRow(rows, cols, [&](int64_t r) {
     const float* yr = y + r * cols;
     const float* gr = dy + r * cols;
-    double dot = 0;
-    for (int64_t j = 0; j < cols; ++j) dot += double(yr[j]) * double(gr[j]);
-    const float d = float(dot);
+    const float d = float(rowSum(cols, [&](int64_t j) { return double(yr[j]) * double(gr[j]); }));
     float* dr = dx + r * cols;
     for (int64_t j = 0; j < cols; ++j) dr[j] = yr[j] * (gr[j] - d);
   });

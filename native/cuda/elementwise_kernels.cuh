@@ -374,8 +374,9 @@ struct CountedTerm {
 };
 
 // Per row: rowLoss[i] = logsumexp(x_i) - x_i[label]; grad (if any) =
-// scale * (softmax - onehot) / counted. A row whose label is ignoreIndex gets
-// loss 0 and a zero gradient. smem holds `threads` doubles.
+// scale * (softmax - onehot) / counted, from float exps as the CPU computes
+// them. A row whose label is ignoreIndex gets loss 0 and a zero gradient.
+// smem holds `threads` doubles.
 template <class Ctx>
 TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* labels, int64_t rows,
                              int64_t classes, int64_t ignoreIndex, double counted, float* grad,
@@ -390,11 +391,8 @@ TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* lab
     }
     const float* row = logits + i * classes;
     // Row maximum: a max of floats is exact, so any order gives the CPU's value.
-    double peak = -INFINITY;
-    for (int64_t j = c.tid(); j < classes; j += c.threads()) {
-      const double v = row[j];
-      peak = v > peak ? v : peak;
-    }
+    float peak = -INFINITY;
+    for (int64_t j = c.tid(); j < classes; j += c.threads()) peak = fmaxf(peak, row[j]);
     smem[c.tid()] = peak;
     c.sync();
     for (int half = c.threads() / 2; half > 0; half /= 2) {
@@ -403,20 +401,27 @@ TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* lab
       }
       c.sync();
     }
-    peak = smem[0];
+    peak = float(smem[0]);
     c.sync();
+    // One exp per entry (kept in grad), float32 as the CPU, summed in double.
     double total = 0;
-    for (int64_t j = c.tid(); j < classes; j += c.threads()) total += exp(double(row[j]) - peak);
+    for (int64_t j = c.tid(); j < classes; j += c.threads()) {
+      const float e = expf(row[j] - peak);
+      if (grad) grad[i * classes + j] = e;
+      total += e;
+    }
     smem[c.tid()] = total;
     c.sync();
     blockTreeSum(c, smem);
-    const double logSum = peak + log(smem[0]);
+    total = smem[0];
     const int64_t label = int64_t(labels[i]);
-    if (c.tid() == 0) rowLoss[i] = logSum - double(row[label]);
-    if (grad) {
+    if (c.tid() == 0) rowLoss[i] = double(peak) + log(total) - double(row[label]);
+    if (grad) {  // scale (softmax - onehot) / counted
+      const double share = double(scale) / counted;
+      const float factor = float(share / total);
+      float* g = grad + i * classes;
       for (int64_t j = c.tid(); j < classes; j += c.threads()) {
-        const double p = exp(double(row[j]) - logSum);
-        grad[i * classes + j] = float(double(scale) * (p - (j == label ? 1.0 : 0.0)) / counted);
+        g[j] = j == label ? g[j] * factor - float(share) : g[j] * factor;
       }
     }
     c.sync();
