@@ -257,6 +257,54 @@ describe('module trees', () => {
   });
 });
 
+describe('nn modules on their own', () => {
+  test('Embedding, LayerNorm, RMSNorm: PyTorch initialisation, ids checked, the init hook checked', () => {
+    const table = new tera.nn.Embedding(10, 4, { seed: 3 });
+    const again = new tera.nn.Embedding(10, 4, { seed: 3 });
+    expectAllClose(again.weight.toFloat32Array(), table.weight.toFloat32Array(), { rtol: 0, atol: 0, what: 'seeded' });
+    const rows = tera.autograd.noGrad(() => table.forward([7, 2], [1, 2]));
+    expect(rows.shape).toEqual([1, 2, 4]);
+    const all = table.weight.toFloat32Array();
+    expectAllClose(rows.toFloat32Array(), [...all.subarray(28, 32), ...all.subarray(8, 12)], { rtol: 0, atol: 0 });
+    expect(() => table.forward([10])).toThrow(/token id 10 at position 0 is not a token index in \[0, 10\)/);
+    expect(() => table.forward(rows)).toThrow(/ids must be integers .*not a Var/);
+    const norms = [new tera.nn.LayerNorm(6), new tera.nn.RMSNorm(6)];
+    expect(norms.map((n) => n.namedParameters().map(([name, p]) => [name, Array.from(p.toFloat32Array())]))).toEqual([
+      [
+        ['weight', [1, 1, 1, 1, 1, 1]],
+        ['bias', [0, 0, 0, 0, 0, 0]],
+      ],
+      [['weight', [1, 1, 1, 1, 1, 1]]],
+    ]);
+    expect(norms.map((n) => n.eps)).toEqual([1e-5, 1e-6]);
+    expect(() => new tera.nn.Linear(3, 2, { init: () => tera.zeros([3, 2]) })).toThrow(
+      /init\('weight'\) made a tensor \[3, 2\], expected \[2, 3\]/,
+    );
+  });
+
+  test('a block without a context is a plain causal pass', () => {
+    const config = tera.models.parseModelConfig({
+      model_type: 'llama',
+      hidden_size: 8,
+      intermediate_size: 12,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+    }) as tera.models.LlamaConfig;
+    tera.nn.manualSeed(5);
+    const block = new tera.nn.LlamaDecoderLayer(config, 0);
+    const x = tera.random.normal([2, 3, 8], { seed: 1 });
+    const plain = tera.autograd.noGrad(() => block.forward(x).toFloat32Array());
+    const explicit = tera.autograd.noGrad(() => block.forward(x, tera.nn.plainContext(2, 3)).toFloat32Array());
+    expectAllClose(plain, explicit, { rtol: 0, atol: 0 });
+    // Causal: the first token's output does not depend on the later ones.
+    const first = tera.autograd.noGrad(() => block.forward(tera.tensor(x.toFloat32Array().slice(0, 8), [1, 1, 8])));
+    expectAllClose(first.toFloat32Array(), plain.subarray(0, 8), { rtol: 1e-5, atol: 1e-6 });
+    expect(() => block.forward(tera.zeros([2, 3, 7]))).toThrow(
+      /rmsNorm: weight has shape \[8\], expected \[7\] for x \[2, 3, 7\]/,
+    );
+  });
+});
+
 describe('savePretrained', () => {
   test.each<[string, () => TinyCheckpoint, tera.models.SavePretrainedOptions]>([
     ['GPT-2 (Conv1D transposed back), F32', () => writeTinyGpt2(path.join(dir, 'in')), {}],
