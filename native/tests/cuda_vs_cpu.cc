@@ -1173,40 +1173,31 @@ void checkMaskedSoftmax(Backend& cpu, Backend& gpu, const std::vector<SoftmaxCas
 // Attention forward and backward (composed of the kernels above), GQA ratios 1, 2 and 4.
 void checkAttention(Backend& cpu, Backend& gpu) {
   struct AttentionCase {
-    int64_t batch, heads, kvHeads, queryLength, keyLength, headDim, queryOffset;
-    bool causal, keyMask;
+    AttentionShape shape;  // batch, heads, kvHeads, Tq, Tk, headDim, queryOffset, causal, scale
+    bool keyMask;
   };
-  const AttentionCase cases[] = {{1, 1, 1, 1, 1, 1, 0, false, false},
-                                 {2, 4, 4, 5, 5, 8, 0, true, true},
-                                 {2, 4, 2, 3, 7, 5, 4, true, true},
-                                 {1, 8, 2, 16, 16, 64, 0, true, false},
-                                 {3, 2, 1, 4, 6, 3, 0, false, true}};
+  const AttentionCase cases[] = {{{1, 1, 1, 1, 1, 1, 0, false, 1.0f}, false},
+                                 {{2, 4, 4, 5, 5, 8, 0, true, 0.35f}, true},
+                                 {{2, 4, 2, 3, 7, 5, 4, true, 0.45f}, true},
+                                 {{1, 8, 2, 16, 16, 64, 0, true, 0.125f}, false},
+                                 {{3, 2, 1, 4, 6, 3, 0, false, 0.6f}, true}};
   for (const AttentionCase& ac : cases) {
-    AttentionShape shape;
-    shape.batch = ac.batch;
-    shape.heads = ac.heads;
-    shape.kvHeads = ac.kvHeads;
-    shape.queryLength = ac.queryLength;
-    shape.keyLength = ac.keyLength;
-    shape.headDim = ac.headDim;
-    shape.queryOffset = ac.queryOffset;
-    shape.causal = ac.causal;
-    shape.scale = 1.0f / std::sqrt(float(ac.headDim));
+    const AttentionShape& shape = ac.shape;
     const int64_t qs = shape.querySize(), ks = shape.keySize(), ps = shape.probsSize();
     if (double(std::max({qs, ks, ps})) > sizes().transformerCaseLimit) continue;
     char name[160];
     std::snprintf(name, sizeof name,
                   "attention batch=%lld heads=%lld kvHeads=%lld Tq=%lld Tk=%lld D=%lld "
                   "offset=%lld%s%s",
-                  (long long)ac.batch, (long long)ac.heads, (long long)ac.kvHeads,
-                  (long long)ac.queryLength, (long long)ac.keyLength, (long long)ac.headDim,
-                  (long long)ac.queryOffset, ac.causal ? " causal" : "",
-                  ac.keyMask ? " keyMask" : "");
+                  (long long)shape.batch, (long long)shape.heads, (long long)shape.kvHeads,
+                  (long long)shape.queryLength, (long long)shape.keyLength,
+                  (long long)shape.headDim, (long long)shape.queryOffset,
+                  shape.causal ? " causal" : "", ac.keyMask ? " keyMask" : "");
     // 0 q, 1 k, 2 v, 3 keyMask, 4 probs, 5 out, 6 dOut, 7 workspace, 8 dq, 9 dk, 10 dv
     both(
         name,
         {randomVector(qs), randomVector(ks), randomVector(ks),
-         leftPaddedKeyMask(ac.batch, ac.keyLength), std::vector<float>(size_t(ps)),
+         leftPaddedKeyMask(shape.batch, shape.keyLength), std::vector<float>(size_t(ps)),
          std::vector<float>(size_t(qs)), randomVector(qs), std::vector<float>(size_t(ps)),
          std::vector<float>(size_t(qs)), std::vector<float>(size_t(ks)),
          std::vector<float>(size_t(ks))},
@@ -1221,31 +1212,20 @@ void checkAttention(Backend& cpu, Backend& gpu) {
 
 // RoPE: full and partial rotary dims, per-batch and shared positions, in place and inverse.
 void checkRope(Backend& cpu, Backend& gpu) {
-  struct RopeCase {
-    int64_t batch, heads, tokens, headDim, rotaryDim;
-    double theta;
-    bool perBatch;
-  };
-  const RopeCase cases[] = {{1, 1, 1, 2, 2, 10000.0, true},
-                            {2, 3, 5, 8, 8, 10000.0, true},
-                            {2, 4, 7, 64, 32, 500000.0, false},
-                            {1, 12, 100, 64, 64, 10000.0, true}};
-  for (const RopeCase& rc : cases) {
-    RopeShape shape;
-    shape.batch = rc.batch;
-    shape.heads = rc.heads;
-    shape.tokens = rc.tokens;
-    shape.headDim = rc.headDim;
-    shape.rotaryDim = rc.rotaryDim;
-    shape.theta = rc.theta;
-    shape.positionsPerBatch = rc.perBatch;
-    const int64_t size = rc.batch * rc.heads * rc.tokens * rc.headDim;
+  // batch, heads, tokens, headDim, rotaryDim, theta, positionsPerBatch
+  const RopeShape cases[] = {{1, 1, 1, 2, 2, 10000.0, true},
+                             {2, 3, 5, 8, 8, 10000.0, true},
+                             {2, 4, 7, 64, 32, 500000.0, false},
+                             {1, 12, 100, 64, 64, 10000.0, true}};
+  for (const RopeShape& shape : cases) {
+    const int64_t size = shape.batch * shape.heads * shape.tokens * shape.headDim;
     if (double(size) > sizes().transformerCaseLimit) continue;
-    const int64_t positions = (rc.perBatch ? rc.batch : 1) * rc.tokens;
+    const int64_t positions = (shape.positionsPerBatch ? shape.batch : 1) * shape.tokens;
     char name[160];
     std::snprintf(name, sizeof name, "rope batch=%lld heads=%lld T=%lld D=%lld rotary=%lld%s",
-                  (long long)rc.batch, (long long)rc.heads, (long long)rc.tokens,
-                  (long long)rc.headDim, (long long)rc.rotaryDim, rc.perBatch ? "" : " shared");
+                  (long long)shape.batch, (long long)shape.heads, (long long)shape.tokens,
+                  (long long)shape.headDim, (long long)shape.rotaryDim,
+                  shape.positionsPerBatch ? "" : " shared");
     // 0 y, 1 x, 2 positions, 3 in place then inverted
     both(
         name,
