@@ -16,7 +16,8 @@
  * so the blocks dominate (a 50257-token head would add the same work to every variant).
  *
  * The PyTorch reference (torch_reference.py, TransformerStack) runs the same shapes,
- * methods and targets, interleaved with ours.
+ * methods and targets, interleaved with ours. The suite runs on the CPU, at the first
+ * --threads value.
  */
 import { spawnSync } from 'node:child_process';
 
