@@ -65,11 +65,20 @@ describe('npm run bench -- --quick', () => {
       new Set(['frozen', 'tera', 'vera', 'lora']),
     );
     for (const c of results.checks) expect(c).toMatchObject({ pass: true });
+    // The language-model step: every method on both families, with tokens/s and peak memory.
+    const steps = results.transformer.steps as { method: string; tokensPerSecond: number; peakTensorBytes: number }[];
+    expect(new Set(steps.map((s) => s.method))).toEqual(new Set(['frozen', 'tera', 'vera', 'lora']));
+    for (const s of steps) {
+      expect(s.tokensPerSecond).toBeGreaterThan(0);
+      expect(s.peakTensorBytes).toBeGreaterThan(0);
+    }
+    expect(results.transformer.depth.length).toBeGreaterThan(0);
     expect(results.targets.length).toBeGreaterThan(0);
 
     const markdown = fs.readFileSync(path.join(out, 'bench.md'), 'utf8');
     expect(markdown).toMatch(/^# tera-peft benchmark results/);
     expect(markdown).toContain('| device | threads | shape | kernel |');
+    expect(markdown).toContain('## Language-model training step');
     const charts = fs.readdirSync(out).filter((f) => f.endsWith('.svg'));
     expect(charts.length).toBeGreaterThanOrEqual(2);
     for (const chart of charts) {

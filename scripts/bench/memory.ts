@@ -63,10 +63,14 @@ function statusKiB(field: 'VmRSS' | 'VmHWM'): number {
   return Number(match[1]);
 }
 
-/** Counts live tensor bytes from here on by wrapping the addon's Storage class; returns the peak so far. */
-function countTensorBytes(): () => number {
+/**
+ * Counts live tensor bytes from here on by wrapping the addon's Storage class. peak(): the most bytes
+ * live at once since the start or the last reset(), above what was live at that moment.
+ */
+export function countTensorBytes(): { peak(): number; reset(): void } {
   const binding = native();
   let live = 0;
+  let base = 0;
   let peak = 0;
   class CountedStorage extends binding.Storage {
     constructor(length: number, device: 'cpu' | 'cuda') {
@@ -82,7 +86,12 @@ function countTensorBytes(): () => number {
     }
   }
   binding.Storage = CountedStorage;
-  return () => peak;
+  return {
+    peak: () => peak - base,
+    reset: () => {
+      base = peak = live;
+    },
+  };
 }
 
 function runChild(spec: ChildSpec): void {
@@ -93,7 +102,7 @@ function runChild(spec: ChildSpec): void {
   });
   const dy = random.normal([spec.tokens, spec.d], { seed: 4, device: spec.device });
   const baselineKiB = statusKiB('VmRSS');
-  const peakTensorBytes = countTensorBytes();
+  const counter = countTensorBytes();
   const model = buildModel({
     method: spec.method,
     layers: spec.layers,
@@ -103,7 +112,7 @@ function runChild(spec: ChildSpec): void {
   });
   for (let step = 0; step < spec.steps; step++) trainingStep(model, x, dy);
   const report: ChildReport = {
-    peakTensorBytes: peakTensorBytes(),
+    peakTensorBytes: counter.peak(),
     rssGrowthBytes: (statusKiB('VmHWM') - baselineKiB) * 1024,
   };
   process.stdout.write(JSON.stringify(report) + '\n');

@@ -13,6 +13,7 @@ import type { LayerResult, Method } from './layers';
 import type { Summary } from './measure';
 import type { MemoryResult } from './memory';
 import type { ProfileResult } from './profile';
+import type { DepthResult, LmShape, TransformerResult } from './transformer';
 
 export interface BenchResults {
   schema: 'tera-peft-bench/1';
@@ -25,6 +26,7 @@ export interface BenchResults {
   layers: LayerResult[];
   profile: ProfileResult[];
   memory: MemoryResult[];
+  transformer: { steps: TransformerResult[]; depth: DepthResult[] };
   checks: CheckResult[];
   /** Why a suite or a column is empty (no torch, no GPU, a suite that failed). */
   notes: string[];
@@ -147,6 +149,42 @@ export function evaluateTargets(results: BenchResults): Target[] {
     limit: 'one weight + shared factors (+ the l_n and their gradients)',
     met: within ? stack.extraTensorBytes! <= stack.budgetBytes! : null,
   });
+  targets.push(...transformerTargets(results.transformer));
+  return targets;
+}
+
+function lmLabel(shape: LmShape): string {
+  const name = shape.family === 'gpt2' ? 'GPT-2' : 'LLaMA';
+  return `${name} d ${shape.hidden} x ${shape.layers}, T ${shape.tokens}`;
+}
+
+/** TeRA on the attention projections against the frozen model and LoRA; its extra memory against depth. */
+function transformerTargets(transformer: BenchResults['transformer']): Target[] {
+  const targets: Target[] = [];
+  for (const tera of transformer.steps.filter((s) => s.method === 'tera' && s.targets !== 'all-linear')) {
+    const where = `${lmLabel(tera.shape)}, TeRA on ${tera.targets}`;
+    targets.push({
+      name: `LM step: ${where} vs frozen`,
+      measured: ratio(tera.vsFrozen),
+      limit: '<= 1.3x',
+      met: tera.vsFrozen ? tera.vsFrozen.median <= 1.3 : null,
+    });
+    targets.push({
+      name: `LM step: ${where} vs LoRA on the same targets`,
+      measured: ratio(tera.vsLora),
+      limit: '<= 1.1x',
+      met: tera.vsLora ? tera.vsLora.median <= 1.1 : null,
+    });
+  }
+  for (const row of [...transformer.steps, ...transformer.depth]) {
+    if (row.allowedExtraBytes === null || row.extraTensorBytes === null) continue;
+    targets.push({
+      name: `LM extra peak tensor memory: ${lmLabel(row.shape)}, TeRA on ${row.targets}`,
+      measured: `${mib(row.extraTensorBytes)} MiB`,
+      limit: `<= ${mib(row.allowedExtraBytes)} MiB: shared core + factors per signature, one workspace per shape, the vectors`,
+      met: row.extraTensorBytes <= row.allowedExtraBytes,
+    });
+  }
   return targets;
 }
 
@@ -274,6 +312,58 @@ function memorySection(memory: MemoryResult[]): string {
   );
 }
 
+function transformerSection(steps: TransformerResult[], torchNote: string): string {
+  return table(
+    [
+      'model',
+      'targets',
+      'method',
+      'adapter params',
+      'ours ms median (min-max)',
+      'ours tokens/s',
+      'ours / frozen',
+      'ours / LoRA',
+      'peak tensor MiB',
+      'extra over frozen MiB',
+      'TeRA allowance MiB',
+      'PyTorch ms',
+      'PyTorch tokens/s',
+      'PyTorch / its frozen',
+    ],
+    steps.map((s) => [
+      lmLabel(s.shape),
+      s.targets,
+      METHOD_NAMES[s.method].replace('frozen Linear', 'frozen'),
+      s.trainableParameters.toLocaleString('en-US'),
+      time(s.ms),
+      s.tokensPerSecond.toFixed(0),
+      s.vsFrozen ? ratio(s.vsFrozen) : '1',
+      ratio(s.vsLora),
+      mib(s.peakTensorBytes),
+      s.extraTensorBytes === null ? '' : mib(s.extraTensorBytes),
+      s.allowedExtraBytes === null ? '' : mib(s.allowedExtraBytes),
+      s.torch ? time(s.torch) : torchNote,
+      s.torchTokensPerSecond === null ? '' : s.torchTokensPerSecond.toFixed(0),
+      s.torchVsFrozen ? ratio(s.torchVsFrozen) : s.torch ? '1' : '',
+    ]),
+  );
+}
+
+function depthSection(depth: DepthResult[]): string {
+  return table(
+    ['GPT-2 blocks', 'T', 'method', 'targets', 'peak tensor MiB', 'extra over frozen MiB', 'TeRA allowance MiB'],
+    depth.map((d) => [
+      `${d.shape.layers}`,
+      `${d.shape.tokens}`,
+      METHOD_NAMES[d.method].replace('frozen Linear', 'frozen'),
+      d.targets,
+      mib(d.peakTensorBytes),
+      d.extraTensorBytes === null ? '' : mib(d.extraTensorBytes),
+      d.allowedExtraBytes === null ? '' : mib(d.allowedExtraBytes),
+    ]),
+  );
+}
+
 function checkSection(checks: CheckResult[]): string {
   return table(
     ['method', 'case', 'quantity', 'max abs error', 'max abs value', 'tolerance', 'pass'],
@@ -314,6 +404,15 @@ export function renderMarkdown(results: BenchResults, targets: Target[], charts:
     sections.push('## Profile of the TeRA layer step', ...results.profile.map(profileSection));
   }
   if (results.memory.length) sections.push('## Stack peak memory', memorySection(results.memory));
+  if (results.transformer.steps.length) {
+    sections.push(
+      '## Language-model training step (CPU, fp32): loss forward + backward',
+      transformerSection(results.transformer.steps, torchNote),
+    );
+  }
+  if (results.transformer.depth.length) {
+    sections.push('## Language-model peak memory against depth', depthSection(results.transformer.depth));
+  }
   if (results.checks.length) sections.push('## Same outputs and gradients as PyTorch', checkSection(results.checks));
   if (charts.length) sections.push('## Charts', ...charts.map((file) => `![${file}](${file})`));
   return sections.join('\n\n') + '\n';

@@ -17,12 +17,13 @@ import { runMemory } from './memory';
 import { runProfile } from './profile';
 import { type BenchResults, evaluateTargets, renderMarkdown, writeReport } from './report';
 import { TorchWorker } from './torch';
+import { runTransformer } from './transformer';
 
-const SUITES = ['check', 'kernels', 'layers', 'profile', 'memory'] as const;
+const SUITES = ['check', 'kernels', 'layers', 'profile', 'memory', 'transformer'] as const;
 type Suite = (typeof SUITES)[number];
 
 const USAGE = `Usage: npm run bench -- [options]
-  --quick              a small version (under two minutes): 1 thread, 3 repetitions, d 1024 only
+  --quick              a small version (under two minutes): 1 thread, 3 repetitions, d 1024 only, T 64 models
   --cases LIST         suites to run, from ${SUITES.join(',')} (default: all)
   --shapes LIST        kernel shapes whose name contains one of these (e.g. 1024x1024,16^6)
   --d LIST             layer sizes (default 1024,4096)
@@ -164,6 +165,7 @@ async function main(): Promise<void> {
     layers: [],
     profile: [],
     memory: [],
+    transformer: { steps: [], depth: [] },
     checks: [],
     notes,
   };
@@ -190,6 +192,9 @@ async function main(): Promise<void> {
     },
     memory: async () => {
       results.memory = await runMemory(context, { quick: options.quick, methods: options.methods });
+    },
+    transformer: async () => {
+      results.transformer = await runTransformer(context, { quick: options.quick, methods: options.methods });
     },
   };
   try {

@@ -159,6 +159,157 @@ def random_tensors(method, spec, generator, device):
     return tensors
 
 
+class TransformerStack:
+    """A decoder-only language model written as transformers' GPT-2 or LLaMA
+    (pre-norm blocks, causal attention, GELU-tanh MLP or SwiGLU with rotary
+    positions and grouped-query heads), frozen, with the spec's adapter on the
+    targeted projections. The position (GPT-2) or token (LLaMA) embedding
+    trains in every variant, so that each step back-propagates through every
+    block, as a model with an adapter in its first block does; the frozen
+    variant is that step with no adapter."""
+
+    def __init__(self, spec, generator, device):
+        self.spec = spec
+        self.device = device
+        d, vocab, tokens = spec["hidden"], spec["vocab"], spec["tokens"]
+        self.generator = generator
+        self.shared = {}
+        self.params = []
+
+        self.embed = self.normal(vocab, d, std=0.02)
+        self.positions = self.normal(tokens, d, std=0.02)
+        (self.positions if spec["family"] == "gpt2" else self.embed).requires_grad_()
+        self.params.append(self.positions if spec["family"] == "gpt2"
+                           else self.embed)
+        self.blocks = [self.block() for _ in range(spec["layers"])]
+        self.final_norm = torch.ones(d, device=device)
+        self.final_bias = torch.zeros(d, device=device)
+        self.head = self.normal(vocab, d, std=0.02)
+        self.ids = torch.arange(tokens, device=device).mul(7919) % vocab
+
+    def normal(self, *shape, std):
+        return (torch.randn(*shape, generator=self.generator) * std).to(
+            self.device)
+
+    def linear(self, name, d_out, d_in, bias):
+        weight = self.normal(d_out, d_in, std=d_in ** -0.5)
+        b = torch.zeros(d_out, device=self.device) if bias else None
+        spec = self.spec
+        if spec["method"] == "frozen" or name not in spec["targets"]:
+            return Frozen(weight, b)
+        method, key = spec["method"], f"{d_out}x{d_in}"
+        if method == "tera":
+            shape = spec["tera_shapes"][key]
+            if key not in self.shared:
+                self.shared[key] = (
+                    self.normal(*shape["ranks"], std=d_in ** -0.5),
+                    [self.normal(m, r, std=r ** -0.5)
+                     for m, r in zip(shape["modes"], shape["ranks"])])
+            core, factors = self.shared[key]
+            scales = {f"tera_lambda_{n}": trainable(1 + self.normal(r, std=0.1))
+                      for n, r in enumerate(shape["ranks"], 1)}
+            layer = TeRA(weight, b, core, factors, scales, 1.0)
+        elif method == "vera":
+            rank = spec["rank"]
+            if key not in self.shared:
+                self.shared[key] = (self.normal(rank, d_in, std=d_in ** -0.5),
+                                    self.normal(d_out, rank, std=rank ** -0.5))
+            a, bb = self.shared[key]
+            layer = VeRA(weight, b, a, bb, trainable(self.normal(rank, std=0.1)),
+                         trainable(self.normal(d_out, std=0.1)))
+        else:
+            rank = spec["rank"]
+            layer = LoRA(weight, b, trainable(self.normal(rank, d_in, std=d_in ** -0.5)),
+                         trainable(self.normal(d_out, rank, std=rank ** -0.5)),
+                         spec["scaling"])
+        self.params.extend(layer.trainable.values())
+        return layer
+
+    def block(self):
+        d, inner = self.spec["hidden"], self.spec["intermediate"]
+        if self.spec["family"] == "gpt2":
+            return {
+                "c_attn": self.linear("c_attn", 3 * d, d, True),
+                "attn.c_proj": self.linear("attn.c_proj", d, d, True),
+                "c_fc": self.linear("c_fc", inner, d, True),
+                "mlp.c_proj": self.linear("mlp.c_proj", d, inner, True),
+            }
+        head_dim = d // self.spec["heads"]
+        kv = self.spec["kv_heads"] * head_dim
+        return {
+            "q_proj": self.linear("q_proj", d, d, False),
+            "k_proj": self.linear("k_proj", kv, d, False),
+            "v_proj": self.linear("v_proj", kv, d, False),
+            "o_proj": self.linear("o_proj", d, d, False),
+            "gate_proj": self.linear("gate_proj", inner, d, False),
+            "up_proj": self.linear("up_proj", inner, d, False),
+            "down_proj": self.linear("down_proj", d, inner, False),
+        }
+
+    def attention(self, q, k, v):
+        """Causal attention of [heads, T, D] queries over [kv_heads, T, D]."""
+        groups = q.shape[0] // k.shape[0]
+        k = k.repeat_interleave(groups, dim=0)
+        v = v.repeat_interleave(groups, dim=0)
+        scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5
+        t = q.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        return torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
+
+    def rope(self, x):
+        t, dim = x.shape[1], x.shape[2]
+        inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=x.device) / dim))
+        angles = torch.outer(torch.arange(t, device=x.device), inv)
+        cos = torch.cat([angles.cos(), angles.cos()], -1)
+        sin = torch.cat([angles.sin(), angles.sin()], -1)
+        half = dim // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * cos + rotated * sin
+
+    def heads(self, x, count):
+        return x.reshape(x.shape[0], count, -1).transpose(0, 1)
+
+    def forward_block(self, b, h):
+        spec = self.spec
+        d, heads = spec["hidden"], spec["heads"]
+        if spec["family"] == "gpt2":
+            x = F.layer_norm(h, (d,))
+            q, k, v = b["c_attn"].forward(x).split(d, -1)
+            a = self.attention(self.heads(q, heads), self.heads(k, heads),
+                               self.heads(v, heads))
+            h = h + b["attn.c_proj"].forward(a.transpose(0, 1).reshape(-1, d))
+            x = F.layer_norm(h, (d,))
+            m = F.gelu(b["c_fc"].forward(x), approximate="tanh")
+            return h + b["mlp.c_proj"].forward(m)
+        x = rms_norm(h)
+        kv_heads = spec["kv_heads"]
+        q = self.rope(self.heads(b["q_proj"].forward(x), heads))
+        k = self.rope(self.heads(b["k_proj"].forward(x), kv_heads))
+        v = self.heads(b["v_proj"].forward(x), kv_heads)
+        a = self.attention(q, k, v)
+        h = h + b["o_proj"].forward(a.transpose(0, 1).reshape(-1, d))
+        x = rms_norm(h)
+        m = F.silu(b["gate_proj"].forward(x)) * b["up_proj"].forward(x)
+        return h + b["down_proj"].forward(m)
+
+    def step(self):
+        for p in self.params:
+            p.grad = None
+        h = self.embed[self.ids]
+        if self.spec["family"] == "gpt2":
+            h = h + self.positions
+        for b in self.blocks:
+            h = self.forward_block(b, h)
+        h = (F.layer_norm(h, (h.shape[-1],)) if self.spec["family"] == "gpt2"
+             else rms_norm(h))
+        logits = F.linear(h, self.head)
+        F.cross_entropy(logits[:-1], self.ids[1:]).backward()
+
+
+def rms_norm(x, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def read_safetensors(path):
     """(tensors, metadata) of a safetensors file of float32 tensors."""
     with open(path, "rb") as f:
@@ -284,6 +435,8 @@ class Worker:
                 "b": normal(k, n),
             }
             case["size"] = (spec["d_out"], spec["d_in"])
+        elif spec["kind"] == "transformer":
+            case = {"model": TransformerStack(spec, generator, device)}
         else:
             method = spec["method"]
             tensors = random_tensors(method, spec, generator, device)
@@ -305,6 +458,8 @@ class Worker:
             torch.mm(case["a"], case["b"])
         elif what == "step":
             step(case["layer"], case["x"], case["dy"])
+        elif what == "lm step":
+            case["model"].step()
         else:
             raise ValueError(f"unknown timing {what!r}")
 
