@@ -5,9 +5,7 @@
 import { parseArgs } from 'node:util';
 
 import type { DeviceRequest } from '../../lib';
-
-export const METHOD_NAMES = ['tera', 'vera', 'lora', 'full'] as const;
-export type MethodName = (typeof METHOD_NAMES)[number];
+import { METHOD_NAMES, type MethodName } from './methods';
 
 export interface DemoOptions {
   methods: MethodName[];
@@ -21,6 +19,8 @@ export interface DemoOptions {
   outDir: string;
   /** Data-parallel over the ranks of an mpirun job (tera.distributed). */
   distributed: boolean;
+  /** The parameter-budget study instead of the four default runs. */
+  sweep: boolean;
   help: boolean;
 }
 
@@ -31,6 +31,11 @@ TeRA, VeRA and LoRA, and with full fine-tuning for reference.
 
   --methods LIST     comma-separated, from ${METHOD_NAMES.join(', ')} (default: all)
   --epochs N         training epochs per method (default 10)
+  --sweep            the parameter-budget study: every method at several sizes,
+                     learning rates chosen on 1500 validation digits held out of
+                     the training digits, scored on the test digits; writes
+                     sweep.md, sweep.json and sweep.svg into OUT/sweep, and caches
+                     every run there (rerun to resume; about an hour on 2 cores)
   --device D         cpu, cuda or auto (default auto: the GPU when one is usable;
                      with --distributed the default is cpu, and cuda uses NCCL)
   --rotate DEG       rotation of the shifted task, degrees (default 90)
@@ -60,6 +65,7 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
       'train-limit': { type: 'string' },
       out: { type: 'string', default: '.cache/demo' },
       distributed: { type: 'boolean', default: false },
+      sweep: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -78,6 +84,7 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
   if (values.distributed && device === 'auto') {
     throw new Error('--distributed needs --device cpu (MPI) or --device cuda (NCCL, one GPU per rank)');
   }
+  if (values.sweep && values.distributed) throw new Error('--sweep runs in one process; leave out --distributed');
   const rotate = Number(values.rotate);
   if (!Number.isFinite(rotate)) throw new Error(`--rotate must be a number of degrees, got '${values.rotate}'`);
   return {
@@ -90,6 +97,7 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
       values['train-limit'] === undefined ? undefined : positiveInteger(values['train-limit'], '--train-limit'),
     outDir: values.out,
     distributed: values.distributed,
+    sweep: values.sweep,
     help: values.help,
   };
 }
