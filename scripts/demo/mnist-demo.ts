@@ -18,6 +18,7 @@ import { type Device, distributed as dist, io, type nn, resolveDevice } from '..
 import { lineChartSvg, smooth } from './chart';
 import { type DemoOptions, USAGE, parseDemoArgs } from './cli';
 import { type Digits, SPLIT, VALIDATION_COUNT, head, holdOutValidation, loadMnist, rotate, splitDigits } from './data';
+import { median } from './loop';
 import { type AdapterSpec, type FullWeights, type MethodName, frozenSharedValues, methodHandlers } from './methods';
 import { type SweepPoint, type SweepRow, type SweepTask, runSweep, sweepTable, writeSweepOutputs } from './sweep';
 import { formatBytes, formatPercent, markdownTable } from './table';
@@ -104,11 +105,6 @@ function checkBaseWeights(): void {
 
 function mean(values: readonly number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 /** Saves the trained model, and measures the accuracy of the saved files applied to a fresh base. */
