@@ -10,7 +10,10 @@
  */
 
 export type NativeDevice = 'cpu' | 'cuda';
-export type ActivationName = 'relu' | 'gelu' | 'tanh';
+/** gelu is the exact (erf) GELU; geluTanh GPT-2's tanh approximation ("gelu_new"); silu is x sigmoid(x). */
+export type ActivationName = 'relu' | 'gelu' | 'tanh' | 'geluTanh' | 'silu';
+/** layer: torch.nn.LayerNorm (biased variance); rms: Hugging Face's LlamaRMSNorm. */
+export type NormName = 'layer' | 'rms';
 export type DistributionName = 'uniform' | 'normal';
 
 /** A reference-counted block of float32 memory on one device. */
@@ -142,6 +145,72 @@ export type TuckerScaleGradArgs = [
   overwriteGradX: boolean,
 ];
 
+/** The shape of an attention call: q is [batch, heads, Tq, headDim], k and v [batch, kvHeads, Tk, headDim]. */
+export type AttentionShapeArgs = [
+  batch: number,
+  heads: number,
+  kvHeads: number,
+  queryLength: number,
+  keyLength: number,
+  headDim: number,
+];
+
+/**
+ * attentionForward: probs = softmax(scale q k^T) [batch, heads, Tq, Tk] with masked entries exactly 0
+ * (key j of query i is kept when keyMask[b, j] != 0 and, if causal, j <= queryOffset + i; a row keeping
+ * nothing is all zeros), out = probs v [batch, heads, Tq, headDim]. Query head h uses key/value head
+ * h / (heads / kvHeads). queryOffset is 0 unless causal, and queryOffset + Tq <= Tk when causal.
+ */
+export type AttentionForwardArgs = [
+  q: S,
+  k: S,
+  v: S,
+  keyMask: S | null,
+  probs: S,
+  out: S,
+  ...shape: AttentionShapeArgs,
+  queryOffset: number,
+  causal: boolean,
+  scale: number,
+];
+
+/**
+ * attentionBackward: dq, dk, dv (each null to skip, else overwritten) from the forward pass's probs and the
+ * output gradient dOut; workspace (batch * heads * Tq * Tk floats) is needed for dq or dk.
+ */
+export type AttentionBackwardArgs = [
+  q: S,
+  k: S,
+  v: S,
+  probs: S,
+  dOut: S,
+  workspace: S | null,
+  dq: S | null,
+  dk: S | null,
+  dv: S | null,
+  ...shape: AttentionShapeArgs,
+  scale: number,
+];
+
+/**
+ * rope: y = x [batch, heads, tokens, headDim] rotated in Hugging Face's rotate-half convention over its first
+ * rotaryDim (even) features, angle = position * theta^(-2i / rotaryDim) in float32; positions are [batch,
+ * tokens] (positionsPerBatch) or [tokens], integers as floats; inverse rotates back (the backward pass); y may be x.
+ */
+export type RopeArgs = [
+  y: S,
+  x: S,
+  positions: S,
+  batch: number,
+  heads: number,
+  tokens: number,
+  headDim: number,
+  rotaryDim: number,
+  theta: number,
+  positionsPerBatch: boolean,
+  inverse: boolean,
+];
+
 /** ncclAllReduce: in place on a CUDA tensor; a failure or the timeout aborts the communicator and throws. */
 export type NcclAllReduceArgs = [data: S, op: 'sum' | 'max' | 'min', timeoutSeconds: number];
 
@@ -198,10 +267,19 @@ export interface NativeBinding {
   /** The dot product of two storages of one length, accumulated in double. */
   dot(x: S, y: S): number;
   /**
-   * The mean cross-entropy of row-wise softmax(logits) [rows, classes] against class indices
-   * `labels` [rows] (integers stored as floats); grad (optional) = scale (softmax - onehot) / rows.
+   * The mean cross-entropy of row-wise softmax(logits) [rows, classes] against class indices `labels` [rows]
+   * (integers stored as floats) over the rows whose label is not ignoreIndex (NaN when all are ignored, as
+   * torch); grad (optional) = scale (softmax - onehot) / counted rows, zero in ignored rows.
    */
-  softmaxCrossEntropy(logits: S, labels: S, rows: number, classes: number, grad: S | null, scale: number): number;
+  softmaxCrossEntropy(
+    logits: S,
+    labels: S,
+    rows: number,
+    classes: number,
+    grad: S | null,
+    scale: number,
+    ignoreIndex?: number | null,
+  ): number;
   /** out[i] = the first index of row i's maximum (NaN counts as largest), as a float; cols <= 2^24. */
   argmaxRows(out: S, x: S, rows: number, cols: number): void;
   /** One AdamW step (PyTorch's: decoupled weight decay, bias correction for the 1-based step). */
@@ -226,6 +304,66 @@ export interface NativeBinding {
     momentum: number,
     weightDecay: number,
     nesterov: boolean,
+  ): void;
+
+  // Transformer kernels (lib/autograd/transformer.ts, lib/kernels/slices.ts).
+  /** out[i, :] = weight[ids[i], :], weight [vocab, dim]; ids are integers as floats in [0, vocab) (checked). */
+  embeddingForward(out: S, weight: S, ids: S, count: number, vocab: number, dim: number): void;
+  /** dweight[ids[i], :] += dy[i, :], summed in token order (deterministic on both devices). */
+  embeddingBackward(dweight: S, dy: S, ids: S, count: number, vocab: number, dim: number): void;
+  /**
+   * Normalises each row of x [rows, cols]: y = xhat weight + bias (weight, bias null for ones, zeros; rms takes
+   * no bias); stats (null, or [2, rows]) receives the rows' means (0 for rms) then 1 / sqrt(var + eps). y may be x.
+   */
+  normForward(
+    kind: NormName,
+    y: S,
+    stats: S | null,
+    x: S,
+    weight: S | null,
+    bias: S | null,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  /** normForward's gradients from its stats, each null to skip, else overwritten; dx may be dy. */
+  normBackward(
+    kind: NormName,
+    dx: S | null,
+    dweight: S | null,
+    dbias: S | null,
+    dy: S,
+    x: S,
+    weight: S | null,
+    stats: S,
+    rows: number,
+    cols: number,
+  ): void;
+  /** y = softmax of each row of x [rows, cols] in float32; y may be x. */
+  softmaxRows(y: S, x: S, rows: number, cols: number): void;
+  /** dx = y (dy - rowsum(dy y)), the softmax's backward pass; dx may be dy. */
+  softmaxBackward(dx: S, y: S, dy: S, rows: number, cols: number): void;
+  /** Masked scaled-dot-product attention with grouped-query heads (see AttentionForwardArgs). */
+  attentionForward(...args: AttentionForwardArgs): void;
+  /** The gradients of attentionForward (see AttentionBackwardArgs). */
+  attentionBackward(...args: AttentionBackwardArgs): void;
+  /** Rotary position embedding or its inverse (see RopeArgs). */
+  rope(...args: RopeArgs): void;
+  /** y = x [shape] with its axes permuted: axis a of y is axis dims[a] of x (rank <= 8); y shares no memory with x. */
+  permute(y: S, x: S, shape: readonly number[], dims: readonly number[]): void;
+  /**
+   * dst[dstOffset + r dstStride + c] = src[srcOffset + r srcStride + c] for r < rows, c < cols (strides >= cols,
+   * both blocks inside their storages, dst not src): split, concat, narrow and KV-cache writes.
+   */
+  copyBlocks(
+    dst: S,
+    dstOffset: number,
+    dstStride: number,
+    src: S,
+    srcOffset: number,
+    srcStride: number,
+    rows: number,
+    cols: number,
   ): void;
 
   // Distributed training (lib/distributed): gradient buckets and the NCCL collectives.

@@ -18,6 +18,11 @@ export default tseslint.config(
     },
   },
   {
+    // CommonJS files (the examples users copy, test preloads) load modules with require().
+    files: ['examples/**/*.js', '**/*.cjs'],
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
     // No import cycles anywhere in the sources: a module graph that is a tree of
     // layers (tensor -> autograd -> nn -> adapters) is what the design relies on.
     // The rule follows runtime imports; `import type` vanishes at run time and is

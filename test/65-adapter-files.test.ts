@@ -570,10 +570,9 @@ describe('files written by PEFT', () => {
     };
     const cases: [Record<string, unknown>, RegExp[]][] = [
       [
-        { use_dora: true, fan_in_fan_out: true, bias: 'lora_only', layers_to_transform: [1], shiny_new_option: 1 },
+        { use_dora: true, bias: 'lora_only', layers_to_transform: [1], shiny_new_option: 1 },
         [
           /\n {2}- use_dora is true; tera-peft supports only false \(DoRA is not implemented\)/,
-          /\n {2}- fan_in_fan_out is true; tera-peft supports only false \(.*Conv1D layers are not supported\)/,
           /\n {2}- bias is "lora_only"; tera-peft supports only "none"/,
           /\n {2}- layers_to_transform is \[1\]; tera-peft supports only null/,
           /\n {2}- shiny_new_option is not a field tera-peft knows for LoraConfig; refusing it rather than ignoring it/,

@@ -4,6 +4,7 @@
  * allocating), build the method's layers, and only then swap AdapterLinear
  * wrappers into the model. A failure at any step leaves the model as it was.
  */
+import type { Parameter } from '../autograd/var';
 import { Linear } from '../nn/layers';
 import { Module } from '../nn/module';
 import { ALL_LINEAR, AdapterConfig, type PeftType, isAllLinear, matchTargets } from './config';
@@ -81,22 +82,46 @@ function listModules(modules: [string, Module][]): string {
 }
 
 /**
- * PEFT's 'all-linear': every Linear layer but the output layer, which for our
- * models is the last Linear in module order (an MLP's or Sequential's last
- * layer, a model's head registered last), as PEFT leaves out a model's output
- * embeddings.
+ * PEFT's 'all-linear': every Linear layer (GPT-2's Conv1D included) but the
+ * output layer. That is the model's output embeddings where it names them (a
+ * language model's lm_head, as PEFT asks transformers' get_output_embeddings()),
+ * else the last Linear in module order (an MLP's or Sequential's last layer).
  */
-function allLinear(modules: [string, Module][]): string[] {
+function allLinear(model: Module, modules: [string, Module][]): string[] {
   const linears = modules
     .filter(([, m]) => (m instanceof AdapterLinear ? m.baseLayer : m) instanceof Linear)
     .map(([name]) => name);
-  if (linears.length < 2) {
+  const output = model.outputEmbeddingsName() ?? linears[linears.length - 1];
+  const selected = linears.filter((name) => name !== output);
+  if (selected.length === 0) {
     throw new Error(
       `'${ALL_LINEAR}' adapts every Linear layer but the output layer, and this model has ` +
-        `${linears.length === 0 ? 'none' : `only its output layer '${linears[0]}'`}; the model has: ${listModules(modules)}`,
+        `${linears.length === 0 ? 'none' : `only its output layer '${output}'`}; the model has: ${listModules(modules)}`,
     );
   }
-  return linears.slice(0, -1);
+  return selected;
+}
+
+/**
+ * Why no adapter may go on these layers: a weight shared with another module
+ * (a language model's lm_head tied to its token embedding) would have an
+ * adapter merged into both.
+ */
+function tiedWeightProblems(model: Module, layers: readonly LayerPlan[]): string[] {
+  const names = new Map<Parameter, string[]>();
+  for (const [name, p] of model.namedParameters('', { removeDuplicate: false })) {
+    names.set(p, [...(names.get(p) ?? []), name]);
+  }
+  return layers
+    .map(({ moduleName, base }) => {
+      const others = names.get(base.weight)!.filter((name) => !name.startsWith(`${moduleName}.`));
+      if (others.length === 0) return null;
+      return (
+        `'${moduleName}' shares its weight with ${others.map((n) => `'${n}'`).join(', ')} (tied weights): ` +
+        'an adapter merged into it would change both; leave it out of targetModules'
+      );
+    })
+    .filter((problem): problem is string => problem !== null);
 }
 
 /** Matches and validates everything; allocates nothing and changes nothing. */
@@ -115,7 +140,7 @@ export function planInjection(model: Module, config: AdapterConfig, adapterName:
   const names = modules.map(([name]) => name);
   const selected = new Set<string>();
   if (isAllLinear(config.targetModules)) {
-    allLinear(modules).forEach((n) => selected.add(n));
+    allLinear(model, modules).forEach((n) => selected.add(n));
   } else {
     for (const { entry, matched } of matchTargets(config.targetModules, names)) {
       if (matched.length === 0) {
@@ -140,6 +165,8 @@ export function planInjection(model: Module, config: AdapterConfig, adapterName:
     }
     layers.push({ moduleName, base, tensors: method.layerTensors(config, base, moduleName) });
   }
+  const tied = tiedWeightProblems(model, layers);
+  if (tied.length > 0) throw new Error(tied.join('; '));
   return { method, config, adapterName, layers };
 }
 

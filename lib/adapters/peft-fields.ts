@@ -23,6 +23,20 @@ export function inert(because: string): PeftOnlyField {
   return { accepts: () => true, accepted: 'any value', because };
 }
 
+/**
+ * PEFT's fan_in_fan_out: whether the targets store their weight [in, out]
+ * (transformers' Conv1D, GPT-2's projections). It describes the layers rather
+ * than choosing anything: PEFT sets it from each target's type (with a warning
+ * when a config disagrees), and so do we, so either value is read. Files get the
+ * value PEFT's own save would hold (saveAdapter writes it from the adapted layers).
+ */
+export const FAN_IN_FAN_OUT: PeftOnlyField = {
+  accepts: (value) => typeof value === 'boolean',
+  accepted: 'true or false',
+  because: "it follows each target's layer type (Conv1D: true, Linear: false), as in PEFT",
+  write: false,
+};
+
 /** A number in [0, 1): a dropout probability. */
 export function checkProbability(value: unknown, what: string): number {
   if (typeof value !== 'number' || !(value >= 0 && value < 1)) {

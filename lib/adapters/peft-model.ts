@@ -5,7 +5,6 @@
  * mergeAdapter, unmergeAdapter, mergeAndUnload, unload, and a disableAdapters
  * scope (PEFT's `with model.disable_adapter():`).
  */
-import type { Input } from '../autograd/ops';
 import type { Parameter, Var } from '../autograd/var';
 import { Module } from '../nn/module';
 import type { AdapterConfig } from './config';
@@ -25,11 +24,11 @@ export interface MergeOptions {
   safeMerge?: boolean;
 }
 
-export class PeftModel {
+export class PeftModel<M extends Module = Module> {
   /** The model itself (its adapted Linear layers are AdapterLinear wrappers). */
-  readonly model: Module;
+  readonly model: M;
 
-  constructor(model: Module) {
+  constructor(model: M) {
     if (!(model instanceof Module)) throw new Error('PeftModel wraps an nn.Module');
     this.model = model;
   }
@@ -53,8 +52,10 @@ export class PeftModel {
     return [...adapterState(this.model).active];
   }
 
-  forward(input: Input): Var {
-    return this.model.forward(input);
+  /** The model's forward pass, with its arguments (a language model's ids and options included). */
+  forward(...args: Parameters<M['forward']>): Var {
+    const forward = this.model.forward as (...a: Parameters<M['forward']>) => Var;
+    return forward.apply(this.model, args);
   }
 
   namedParameters(): [string, Parameter][] {
@@ -163,13 +164,13 @@ export class PeftModel {
    * Merges the active adapters, then replaces every AdapterLinear by its Linear
    * and frees all adapters: returns the plain model, at zero extra cost per token.
    */
-  mergeAndUnload(options: MergeOptions = {}): Module {
+  mergeAndUnload(options: MergeOptions = {}): M {
     this.mergeAdapter(null, options);
     return this.#unwrap();
   }
 
   /** Removes every adapter without merging (unmerging any merged one): returns the base model. */
-  unload(): Module {
+  unload(): M {
     this.unmergeAdapter();
     return this.#unwrap();
   }
@@ -209,7 +210,7 @@ export class PeftModel {
     }
   }
 
-  #unwrap(): Module {
+  #unwrap(): M {
     for (const [name, layer] of adapterLayers(this.model)) {
       layer.discardAdapters();
       this.model.setSubmodule(name, layer.baseLayer);
@@ -238,7 +239,11 @@ function injectInto(model: Module, config: AdapterConfig, adapterName: string): 
  * target matches nothing (listing the modules that exist), a matched module is
  * not a Linear, or a layer's shape does not suit the method.
  */
-export function injectAdapter(model: Module | PeftModel, config: AdapterConfig, adapterName = 'default'): PeftModel {
+export function injectAdapter<M extends Module>(
+  model: M | PeftModel<M>,
+  config: AdapterConfig,
+  adapterName = 'default',
+): PeftModel<M> {
   const module = model instanceof PeftModel ? model.model : model;
   injectInto(module, config, adapterName);
   return model instanceof PeftModel ? model : new PeftModel(module);

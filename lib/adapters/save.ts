@@ -23,6 +23,7 @@ import * as path from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic';
 import { type LoadedTensor, readSafetensors, writeSafetensors } from '../io/safetensors';
+import { Conv1D } from '../nn/layers';
 import { Module } from '../nn/module';
 import { formatShape, sameShape } from '../shape';
 import type { Tensor } from '../tensor/tensor';
@@ -62,7 +63,7 @@ export interface SavedAdapter {
   weightsPath: string;
 }
 
-function unwrap(model: Module | PeftModel, what: string): Module {
+function unwrap<M extends Module>(model: M | PeftModel<M>, what: string): M {
   const module = model instanceof PeftModel ? model.model : model;
   if (!(module instanceof Module)) throw new Error(`${what}: model must be an nn.Module or a PeftModel`);
   return module;
@@ -83,11 +84,13 @@ function escapeName(name: string): string {
  */
 function configForFile(module: Module, config: AdapterConfig, adapterName: string): JsonObject {
   const json = config.toJson();
+  const layers = adapterLayers(module).filter(([, layer]) => layer.adapter(adapterName) !== undefined);
+  const adapted = layers.map(([name]) => name);
+  // PEFT's config ends with the fan_in_fan_out of the last target it created (true for a Conv1D).
+  if (Object.hasOwn(json, 'fan_in_fan_out'))
+    json.fan_in_fan_out = layers[layers.length - 1][1].baseLayer instanceof Conv1D;
   const resolve = isAllLinear(config.targetModules) || (config.excludeModules !== null && !config.peftReadsExclude);
   if (resolve) {
-    const adapted = adapterLayers(module)
-      .filter(([, layer]) => layer.adapter(adapterName) !== undefined)
-      .map(([name]) => name);
     const others = module
       .namedModules()
       .map(([name]) => name)
@@ -218,7 +221,11 @@ function sharedProblems(layers: MethodLayer[], tensors: Record<string, LoadedTen
  * `adapterName`. Any mismatch throws an error listing every problem, and the
  * model is left untouched.
  */
-export function loadAdapter(model: Module | PeftModel, dir: string, options: LoadAdapterOptions = {}): PeftModel {
+export function loadAdapter<M extends Module>(
+  model: M | PeftModel<M>,
+  dir: string,
+  options: LoadAdapterOptions = {},
+): PeftModel<M> {
   const module = unwrap(model, 'loadAdapter');
   const adapterName = options.adapterName ?? 'default';
   const configPath = path.join(dir, CONFIG_FILE);

@@ -7,14 +7,16 @@
 import type { ActivationName } from '../../binding';
 import { native } from '../native/loader';
 import { describeValue, formatShape, gemmDims, sameShape } from '../shape';
-import { Tensor, full, shapeSize, tensor, zeros } from '../tensor/tensor';
+import { Tensor, full, shapeSize, tensor, uninitialized, zeros } from '../tensor/tensor';
 import { asMatrix, gemmInto } from './gemm';
+import { integerTensor } from './integers';
 import { type GradSink, Var, needsGrad, passOn, record } from './var';
 
 /** What ops accept: a Var, or a Tensor taken as a constant. */
 export type Input = Var | Tensor;
 
-function asVar(x: Input, what: string): Var {
+/** x as a Var (a Tensor becomes a constant), refused when disposed; `what` names it in errors. */
+export function asVar(x: Input, what: string): Var {
   const v = x instanceof Tensor ? new Var(x) : x;
   if (!(v instanceof Var)) {
     throw new Error(`${what} must be a Var or a Tensor, got ${describeValue(x)}`);
@@ -23,7 +25,8 @@ function asVar(x: Input, what: string): Var {
   return v;
 }
 
-function sameDevice(op: string, vars: [Var | null, string][]): void {
+/** Throws, naming `op` and both inputs, unless every present Var is on one device. */
+export function sameDevice(op: string, vars: [Var | null, string][]): void {
   const present = vars.filter((entry): entry is [Var, string] => entry[0] !== null);
   const [first, firstName] = present[0];
   for (const [v, name] of present) {
@@ -40,7 +43,7 @@ function sameSize(op: string, a: Var, b: Var): void {
 }
 
 /** Rows and columns of x viewed as a matrix whose last dimension is `cols`. */
-function lastDim(x: Var): [rows: number, cols: number] {
+export function lastDim(x: Var): [rows: number, cols: number] {
   if (x.shape.length === 0) throw new Error('a matrix op got a scalar');
   const cols = x.shape[x.shape.length - 1];
   return [x.size / cols, cols];
@@ -254,6 +257,16 @@ export function tanh(x: Input): Var {
   return activation('tanh', x);
 }
 
+/** GPT-2's GELU ('gelu_new', torch's approximate='tanh'): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))). */
+export function geluTanh(x: Input): Var {
+  return activation('geluTanh', x);
+}
+
+/** x sigmoid(x) (SiLU / swish, LLaMA's MLP activation). */
+export function silu(x: Input): Var {
+  return activation('silu', x);
+}
+
 function reduction(op: 'sum' | 'mean', x: Input): Var {
   const xv = asVar(x, op);
   const divisor = op === 'mean' ? xv.size : 1;
@@ -287,35 +300,60 @@ export function reshape(x: Input, shape: readonly number[]): Var {
  * classes], labels one class index per row (a Tensor of floats, or an array).
  */
 export function softmaxCrossEntropy(logits: Input, labels: Tensor | ArrayLike<number>): Var {
-  const lv = asVar(logits, 'softmaxCrossEntropy: logits');
+  return crossEntropyLoss('softmaxCrossEntropy', logits, labels, null);
+}
+
+/**
+ * The cross-entropy op behind softmaxCrossEntropy and crossEntropy: the mean
+ * over the rows whose label is not `ignoreIndex` (null: none is ignored); NaN
+ * when every row is ignored, as torch, with a zero gradient. Labels are
+ * checked on the host before the kernel runs.
+ */
+export function crossEntropyLoss(
+  op: string,
+  logits: Input,
+  labels: Tensor | ArrayLike<number>,
+  ignoreIndex: number | null,
+): Var {
+  const lv = asVar(logits, `${op}: logits`);
   if (lv.shape.length !== 2) {
-    throw new Error(`softmaxCrossEntropy: logits must be [rows, classes], got ${formatShape(lv.shape)}`);
+    throw new Error(`${op}: logits must be [rows, classes], got ${formatShape(lv.shape)}`);
+  }
+  if (ignoreIndex !== null && !Number.isSafeInteger(ignoreIndex)) {
+    throw new Error(`${op}: ignoreIndex must be an integer, got ${describeValue(ignoreIndex)}`);
   }
   const [rows, classes] = lv.shape;
-  const labelTensor =
-    labels instanceof Tensor ? labels : tensor(Float32Array.from(labels), undefined, { device: lv.device });
+  const checked = integerTensor(op, 'labels', labels, rows, lv.device, {
+    limit: classes,
+    also: ignoreIndex ?? undefined,
+    what: 'label',
+    unit: 'row',
+    kind: 'a class index',
+    countOf: 'rows',
+  });
   try {
-    if (labelTensor.size !== rows) {
-      throw new Error(`softmaxCrossEntropy: ${labelTensor.size} labels for ${rows} rows of logits`);
+    let saved: Tensor | null = needsGrad(lv) ? uninitialized(lv.shape, { device: lv.device }) : null;
+    let loss: number;
+    try {
+      loss = native().softmaxCrossEntropy(
+        lv.data.storage,
+        checked.tensor.storage,
+        rows,
+        classes,
+        saved?.storage ?? null,
+        1,
+        ignoreIndex,
+      );
+    } catch (error) {
+      saved?.dispose();
+      throw error;
     }
-    if (labelTensor.device !== lv.device) {
-      throw new Error(`softmaxCrossEntropy: labels are on ${labelTensor.device} but logits on ${lv.device}`);
-    }
-    let saved: Tensor | null = needsGrad(lv) ? zeros(lv.shape, { device: lv.device }) : null;
-    const loss = native().softmaxCrossEntropy(
-      lv.data.storage,
-      labelTensor.storage,
-      rows,
-      classes,
-      saved?.storage ?? null,
-      1,
-    );
     const out = tensor(Float32Array.of(loss), [], { device: lv.device });
     return record(
       out,
       [lv],
       (g, sink) => {
-        // The forward pass already left (softmax - onehot) / rows in `saved`.
+        // The forward pass already left (softmax - onehot) / counted rows in `saved`.
         const grad = saved!;
         saved = null;
         native().axpby(grad.storage, grad.storage, g.item(), 0);
@@ -324,6 +362,6 @@ export function softmaxCrossEntropy(logits: Input, labels: Tensor | ArrayLike<nu
       () => saved?.dispose(),
     );
   } finally {
-    if (labelTensor !== labels) labelTensor.dispose();
+    if (checked.owned) checked.tensor.dispose();
   }
 }

@@ -12,6 +12,8 @@ import { describeValue, formatShape, gemmDims, sameShape } from '../shape';
 import type { Device } from '../tensor/device';
 import { Tensor, uninitialized } from '../tensor/tensor';
 
+export { narrow, writeSlice } from './slices';
+
 const MAX_ORDER = 8;
 const MAX_ELEMENTS = 2 ** 48;
 /** BLAS (OpenBLAS, cuBLAS) takes its sizes as 32-bit ints. */

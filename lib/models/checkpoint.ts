@@ -67,7 +67,15 @@ function familyKeys(config: ModelConfig) {
 
 type Destinations = Readonly<Record<string, Tensor>> | ReadonlyMap<string, Tensor>;
 
-function destinationEntries(destinations: Destinations): [string, Tensor][] {
+/** A tensor to write whose values are made when its bytes are written (a transposed copy, one at a time). */
+export interface TensorValues {
+  readonly shape: readonly number[];
+  values(): Float32Array;
+}
+
+type Sources = Readonly<Record<string, Tensor | TensorValues>> | ReadonlyMap<string, Tensor | TensorValues>;
+
+function destinationEntries<T>(destinations: Readonly<Record<string, T>> | ReadonlyMap<string, T>): [string, T][] {
   return destinations instanceof Map ? [...destinations] : Object.entries(destinations);
 }
 
@@ -413,7 +421,8 @@ export function isCheckpointFile(name: string): boolean {
 }
 
 /**
- * Writes `tensors` (by Hugging Face name; exactly expectedParameters(config))
+ * Writes `tensors` (by Hugging Face name; exactly expectedParameters(config);
+ * Tensors, or TensorValues whose values are made as they are written)
  * and config.json to `folder` in transformers' layout, replacing a previous
  * checkpoint there in one step; other files in the folder are kept. Everything
  * is checked before anything is written. Returns the written file names.
@@ -421,7 +430,7 @@ export function isCheckpointFile(name: string): boolean {
 export function writeCheckpoint(
   folder: string,
   config: ModelConfig,
-  tensors: Destinations,
+  tensors: Sources,
   options: WriteCheckpointOptions = {},
 ): { files: string[]; totalSize: number } {
   if (typeof folder !== 'string' || folder.length === 0)
@@ -440,19 +449,22 @@ export function writeCheckpoint(
 
   const given = new Map(destinationEntries(tensors));
   const problems = new ProblemList();
-  const ordered: { name: string; shape: readonly number[]; tensor: Tensor; bytes: number }[] = [];
+  const ordered: { name: string; shape: readonly number[]; values: () => Float32Array; bytes: number }[] = [];
   for (const spec of expectedParameters(saved)) {
     const tensor = given.get(spec.name);
     given.delete(spec.name);
+    const lazy = !(tensor instanceof Tensor) && typeof (tensor as TensorValues | undefined)?.values === 'function';
     if (tensor === undefined) problems.add('missing tensors', spec.name);
-    else if (!(tensor instanceof Tensor) || tensor.disposed) problems.add('not live Tensors', spec.name);
+    else if (!lazy && (!(tensor instanceof Tensor) || tensor.disposed)) problems.add('not live Tensors', spec.name);
     else if (!sameShape(tensor.shape, spec.shape)) {
       problems.add(
         'mis-shaped tensors',
         `${spec.name} is ${formatShape(tensor.shape)}, expected ${formatShape(spec.shape)}`,
       );
     } else {
-      ordered.push({ name: spec.name, shape: spec.shape, tensor, bytes: tensor.size * DTYPE_BYTES[dtype] });
+      const size = spec.shape.reduce((a, b) => a * b, 1);
+      const values = tensor instanceof Tensor ? () => tensor.toFloat32Array() : () => tensor.values();
+      ordered.push({ name: spec.name, shape: spec.shape, values, bytes: size * DTYPE_BYTES[dtype] });
     }
   }
   for (const name of given.keys()) problems.add('unexpected tensors', name);
@@ -474,7 +486,7 @@ export function writeCheckpoint(
     (dir) => {
       shards.forEach((shard, i) => {
         const encoded = encodeSafetensors(
-          shard.map(({ name, shape, tensor }) => ({ name, shape, dtype, values: () => tensor.toFloat32Array() })),
+          shard.map(({ name, shape, values }) => ({ name, shape, dtype, values })),
           { format: 'pt' },
         );
         writeDurably(path.join(dir, shardFile(i)), (fd) => encoded.write((bytes) => writeAll(fd, bytes)));

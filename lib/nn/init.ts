@@ -4,9 +4,36 @@
  * the global seed (manualSeed), so a script that builds the same modules in
  * the same order gets the same weights on any device and thread count.
  */
+import type { Parameter } from '../autograd/var';
 import type { DeviceRequest } from '../tensor/device';
 import type { Tensor } from '../tensor/tensor';
 import { uniform } from '../random';
+
+/** How a module will use a parameter it asks a ParameterFactory for. */
+export interface ParameterRequest {
+  /** The layer keeps [out, in] in memory but checkpoints store [in, out] (transformers' Conv1D). */
+  storedTransposed?: boolean;
+}
+
+/**
+ * Makes the tensor of a module's parameter in place of its own initialisation:
+ * (the parameter's dotted name below the module it was given to, its shape) ->
+ * a tensor of that shape, which the module takes over, or a Parameter, which
+ * the module shares as it is (tied weights). Language models built for a
+ * checkpoint pass one that allocates each tensor for the loader to fill, so
+ * nothing is initialised twice.
+ */
+export type ParameterFactory = (
+  name: string,
+  shape: readonly number[],
+  request?: ParameterRequest,
+) => Tensor | Parameter;
+
+/** The factory of the child `prefix` of the module given `factory` (undefined stays undefined). */
+export function childFactory(factory: ParameterFactory | undefined, prefix: string): ParameterFactory | undefined {
+  if (factory === undefined) return undefined;
+  return (name, shape, request) => factory(`${prefix}.${name}`, shape, request);
+}
 
 let globalSeed = 0n;
 let nextStream = 0n;

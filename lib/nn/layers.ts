@@ -6,7 +6,8 @@ import type { ActivationName } from '../../binding';
 import { type Input, gelu, linear, relu, tanh } from '../autograd/ops';
 import { Parameter, type Var } from '../autograd/var';
 import type { DeviceRequest } from '../tensor/device';
-import { initKey, kaimingUniform } from './init';
+import { formatShape, sameShape } from '../shape';
+import { type ParameterFactory, type ParameterRequest, initKey, kaimingUniform } from './init';
 import { Module } from './module';
 
 export interface LinearOptions {
@@ -15,11 +16,28 @@ export interface LinearOptions {
   device?: DeviceRequest;
   /** Initialisation seed; without one the next stream of the global seed (manualSeed) is used. */
   seed?: number | bigint;
+  /** Makes 'weight' ([outFeatures, inFeatures]) and 'bias' instead of PyTorch's initialisation (device and seed unused). */
+  init?: ParameterFactory;
 }
 
 function checkFeatures(value: number, what: string): void {
   if (!Number.isInteger(value) || value < 1)
     throw new Error(`Linear: ${what} must be a positive integer, got ${value}`);
+}
+
+/** The parameter `init` makes for `name`, checked to have the shape asked for. */
+export function madeParameter(
+  init: ParameterFactory,
+  name: string,
+  shape: readonly number[],
+  request?: ParameterRequest,
+): Parameter {
+  const made = init(name, shape, request);
+  if (!sameShape(made.shape, shape)) {
+    if (!(made instanceof Parameter)) made.dispose();
+    throw new Error(`init('${name}') made a tensor ${formatShape(made.shape)}, expected ${formatShape(shape)}`);
+  }
+  return made instanceof Parameter ? made : new Parameter(made);
 }
 
 /** y = x W^T + b with W [outFeatures, inFeatures], initialised as PyTorch does. */
@@ -35,19 +53,25 @@ export class Linear extends Module {
     checkFeatures(outFeatures, 'outFeatures');
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
-    const weightKey = initKey(options.seed, 0);
-    this.weight = this.registerParameter(
-      'weight',
-      new Parameter(kaimingUniform([outFeatures, inFeatures], inFeatures, weightKey, options.device)),
-    );
+    const { init } = options;
+    const weight =
+      init === undefined
+        ? new Parameter(kaimingUniform([outFeatures, inFeatures], inFeatures, initKey(options.seed, 0), options.device))
+        : madeParameter(init, 'weight', [outFeatures, inFeatures], { storedTransposed: this.storedTransposed });
+    this.weight = this.registerParameter('weight', weight);
     this.bias = null;
     if (options.bias ?? true) {
-      const biasKey = initKey(options.seed, 1);
-      this.bias = this.registerParameter(
-        'bias',
-        new Parameter(kaimingUniform([outFeatures], inFeatures, biasKey, this.weight.device)),
-      );
+      const bias =
+        init === undefined
+          ? new Parameter(kaimingUniform([outFeatures], inFeatures, initKey(options.seed, 1), this.weight.device))
+          : madeParameter(init, 'bias', [outFeatures]);
+      this.bias = this.registerParameter('bias', bias);
     }
+  }
+
+  /** Whether checkpoints store the weight [in, out] (Conv1D) rather than [out, in]. */
+  get storedTransposed(): boolean {
+    return false;
   }
 
   forward(input: Input): Var {
@@ -56,6 +80,24 @@ export class Linear extends Module {
 
   protected override describe(): string {
     return `Linear(inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, bias=${this.bias !== null})`;
+  }
+}
+
+/**
+ * transformers' Conv1D (GPT-2's projections): Conv1D(nf=outFeatures,
+ * nx=inFeatures) computes y = x W + b with W stored [in, out] in checkpoints.
+ * Here it is a Linear, its weight [out, in] in memory like every Linear, so
+ * every adapter method applies to it unchanged; the checkpoint reader and
+ * writer transpose it (lib/models), and adapter files mark it with PEFT's
+ * fan_in_fan_out, as PEFT does for Conv1D targets.
+ */
+export class Conv1D extends Linear {
+  override get storedTransposed(): boolean {
+    return true;
+  }
+
+  protected override describe(): string {
+    return `Conv1D(nf=${this.outFeatures}, nx=${this.inFeatures})`;
   }
 }
 
@@ -108,7 +150,33 @@ export class Sequential extends Module {
   }
 }
 
-export type ActivationKind = ActivationName;
+/**
+ * Holds modules under the names '0', '1', ... (torch.nn.ModuleList): the
+ * transformer layers of a model ('h.0', 'layers.3'). It has no forward pass of
+ * its own; the owner runs the layers.
+ */
+export class ModuleList extends Module {
+  constructor(modules: readonly Module[] = []) {
+    super();
+    modules.forEach((module, i) => this.registerModule(String(i), module));
+  }
+
+  get length(): number {
+    return this.namedChildren().length;
+  }
+
+  /** The i-th module as it is now (after any adapter injection replaced parts of it). */
+  at(index: number): Module {
+    return this.getSubmodule(String(index));
+  }
+
+  forward(): Var {
+    throw new Error('ModuleList has no forward pass: run its modules (at(i)) in order');
+  }
+}
+
+// The activations MLP can place between its layers (those with a module here).
+export type ActivationKind = Extract<ActivationName, 'relu' | 'gelu' | 'tanh'>;
 
 export interface MLPOptions {
   /** Between hidden layers (default 'relu'); none after the last Linear. */

@@ -64,13 +64,18 @@ export abstract class Module {
     return out;
   }
 
-  /** Every parameter with its dotted path; one shared by two modules is listed once. */
-  namedParameters(prefix = ''): [string, Parameter][] {
+  /**
+   * Every parameter with its dotted path. One shared by two modules (tied
+   * embeddings) is listed once, under its first path, unless `removeDuplicate`
+   * is false (as PyTorch's named_parameters).
+   */
+  namedParameters(prefix = '', options: { removeDuplicate?: boolean } = {}): [string, Parameter][] {
+    const removeDuplicate = options.removeDuplicate ?? true;
     const seen = new Set<Parameter>();
     const out: [string, Parameter][] = [];
     for (const [path, module] of this.namedModules(prefix)) {
       for (const [name, p] of module.#parameters) {
-        if (seen.has(p)) continue;
+        if (removeDuplicate && seen.has(p)) continue;
         seen.add(p);
         out.push([join(path, name), p]);
       }
@@ -85,6 +90,15 @@ export abstract class Module {
   /** The parameters that currently require gradients. */
   trainableParameters(): Parameter[] {
     return this.parameters().filter((p) => p.requiresGrad);
+  }
+
+  /**
+   * The dotted name of the layer that maps hidden states to the vocabulary
+   * (transformers' get_output_embeddings()), or null if the model has none.
+   * PEFT's 'all-linear' leaves that layer out.
+   */
+  outputEmbeddingsName(): string | null {
+    return null;
   }
 
   /** The descendant at a dotted path; the error lists the names that exist. */

@@ -9,6 +9,8 @@ std::string Arguments::where(size_t i) const {
   return std::string(kernel_) + " argument " + std::to_string(i);
 }
 
+bool Arguments::given(size_t i) const { return !info_[i].IsNull() && !info_[i].IsUndefined(); }
+
 double Arguments::number(size_t i) const {
   if (!info_[i].IsNumber()) throw Error(where(i) + " must be a number");
   return info_[i].As<Napi::Number>().DoubleValue();
@@ -62,9 +64,7 @@ std::vector<int64_t> Arguments::dims(size_t i) const { return integers(i, 1); }
 
 Storage* Arguments::storage(size_t i) const { return Storage::from(info_[i], where(i).c_str()); }
 
-Storage* Arguments::optionalStorage(size_t i) const {
-  return info_[i].IsNull() || info_[i].IsUndefined() ? nullptr : storage(i);
-}
+Storage* Arguments::optionalStorage(size_t i) const { return given(i) ? storage(i) : nullptr; }
 
 std::vector<Storage*> Arguments::storages(size_t i, bool allowNull) const {
   if (!info_[i].IsArray()) throw Error(where(i) + " must be an array of tensors");

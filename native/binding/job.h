@@ -39,6 +39,8 @@ class Arguments {
   Arguments(const Napi::CallbackInfo& info, const char* kernel) : info_(info), kernel_(kernel) {}
 
   std::string where(size_t i) const;
+  // Whether argument i was given (neither null nor undefined).
+  bool given(size_t i) const;
   double number(size_t i) const;
   // An integer in [minimum, 2^48].
   int64_t integer(size_t i, int64_t minimum) const;
@@ -95,6 +97,7 @@ std::vector<KernelEntry> tuckerKernels();       // prepare_tucker.cc
 std::vector<KernelEntry> elementwiseKernels();  // prepare_elementwise.cc
 std::vector<KernelEntry> optimizerKernels();    // prepare_optimizer.cc
 std::vector<KernelEntry> distributedKernels();  // prepare_distributed.cc
+std::vector<KernelEntry> transformerKernels();  // prepare_transformer.cc
 
 }  // namespace binding
 }  // namespace tera

@@ -89,8 +89,8 @@ void registerKernel(Napi::Env env, Napi::Object exports, const KernelEntry& entr
 }  // namespace
 
 void registerKernels(Napi::Env env, Napi::Object exports) {
-  for (auto table :
-       {matrixKernels, tuckerKernels, elementwiseKernels, optimizerKernels, distributedKernels}) {
+  for (auto table : {matrixKernels, tuckerKernels, elementwiseKernels, optimizerKernels,
+                     distributedKernels, transformerKernels}) {
     for (const KernelEntry& entry : table()) registerKernel(env, exports, entry);
   }
 }

@@ -15,7 +15,9 @@ Activation parseActivation(const std::string& name) {
   if (name == "relu") return Activation::Relu;
   if (name == "gelu") return Activation::Gelu;
   if (name == "tanh") return Activation::Tanh;
-  throw Error("unknown activation '" + name + "': expected relu, gelu or tanh");
+  if (name == "geluTanh") return Activation::GeluTanh;
+  if (name == "silu") return Activation::Silu;
+  throw Error("unknown activation '" + name + "': expected relu, gelu, tanh, geluTanh or silu");
 }
 
 Job prepareRandomFill(const Napi::CallbackInfo& info) {

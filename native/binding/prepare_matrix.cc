@@ -1,5 +1,6 @@
 // Preparers of the matrix kernels: GEMM, per-row / per-column scaling and
-// sums, and the row-wise softmax cross-entropy and argmax. All matrices are
+// sums, and the row-wise softmax cross-entropy (with an optional ignore index)
+// and argmax. All matrices are
 // row-major [rows, cols].
 #include <limits>
 #include <utility>
@@ -94,6 +95,8 @@ Job prepareSoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   const int64_t rows = args.integer(2, 1), classes = args.integer(3, 1);
   Storage* grad = args.optionalStorage(4);
   const float scale = float(args.number(5));
+  // Optional: labels equal to it are skipped (any integer, e.g. -100 as torch's default).
+  const int64_t ignoreIndex = args.given(6) ? args.integer(6, -kMaxElements) : kNoIgnoreIndex;
   JobBuilder job("softmaxCrossEntropy");
   if (grad) job.distinct(grad, {logits, labels});
   const int64_t size = job.product({rows, classes}, "logits [rows, classes]");
@@ -101,8 +104,9 @@ Job prepareSoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   const float* plab = job.use(labels, rows, "labels");
   float* pg = job.use(grad, size, "grad");
   Backend* backend = &logits->backend();
-  return job.finish(
-      [=] { return backend->softmaxCrossEntropy(pl, plab, rows, classes, pg, scale); });
+  return job.finish([=] {
+    return backend->softmaxCrossEntropy(pl, plab, rows, classes, ignoreIndex, pg, scale);
+  });
 }
 
 Job prepareArgmaxRows(const Napi::CallbackInfo& info) {

@@ -12,7 +12,32 @@ namespace tera {
 
 enum class Device { Cpu, Cuda };
 enum class Distribution { Uniform, Normal };
-enum class Activation { Relu, Gelu, Tanh };
+// Gelu is the exact (erf) form; GeluTanh is GPT-2's tanh approximation ("gelu_new").
+enum class Activation { Relu, Gelu, Tanh, GeluTanh, Silu };
+// Layer: (x - mean) / sqrt(biased variance + eps), as torch.nn.LayerNorm.
+// Rms: x / sqrt(mean(x^2) + eps), as Hugging Face's LlamaRMSNorm.
+enum class Norm { Layer, Rms };
+
+// Which entries of attention scores [batch, heads, queryLength, keyLength] a
+// softmax keeps: key j of query row i in batch b is kept when keyMask is null
+// or keyMask[b * keyLength + j] != 0, and, when causal, j <= queryOffset + i.
+// Masked entries get exactly zero weight; a row with no kept entry is all zeros.
+struct AttentionMask {
+  int64_t heads = 1, queryLength = 1, queryOffset = 0;
+  bool causal = false;
+  const float* keyMask = nullptr;  // [batch, keyLength] of 0/1, on the backend's device
+};
+
+// Rotary position embedding of x [batch, heads, tokens, headDim] (Hugging Face's
+// rotate-half convention) over its first rotaryDim features.
+struct RopeShape {
+  int64_t batch = 1, heads = 1, tokens = 1, headDim = 2, rotaryDim = 2;
+  double theta = 10000.0;
+  bool positionsPerBatch = true;  // positions are [batch, tokens]; else [tokens] for every row
+};
+
+// Labels of softmaxCrossEntropy equal to the ignore index are skipped; this one skips none.
+constexpr int64_t kNoIgnoreIndex = INT64_MIN;
 
 struct AdamWSettings {
   float learningRate, beta1, beta2, epsilon, weightDecay;
@@ -43,6 +68,11 @@ class Backend {
   // C = alpha * op(A) op(B) + beta * C, op(A) is m x k, op(B) is k x n, C is m x n.
   virtual void gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha,
                     const float* a, const float* b, float beta, float* c) = 0;
+  // C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, where X_i starts at x + i * strideX.
+  virtual void gemmStridedBatched(bool transA, bool transB, int64_t m, int64_t n, int64_t k,
+                                  float alpha, const float* a, int64_t strideA, const float* b,
+                                  int64_t strideB, float beta, float* c, int64_t strideC,
+                                  int64_t batch) = 0;
 
   // Y = X x_mode (M diag(scale)): X has `shape`, M is [rows, shape[mode]], scale is
   // null or of length shape[mode]; Y has shape with shape[mode] replaced by rows.
@@ -88,16 +118,67 @@ class Backend {
                                   int64_t count, float beta) = 0;
   virtual double sum(const float* x, int64_t count) = 0;
   virtual double dot(const float* x, const float* y, int64_t count) = 0;
-  // Mean over rows of -log softmax(logits)[label]; if grad is not null it receives
-  // scale * (softmax - onehot) / rows. Labels are class indices stored as floats.
+  // Mean of -log softmax(logits)[label] over the rows whose label is not
+  // ignoreIndex (NaN when every row is ignored, as torch's mean over nothing);
+  // if grad is not null it receives scale * (softmax - onehot) / counted rows,
+  // and zeros in ignored rows. Labels are class indices stored as floats; any
+  // other label (ignoreIndex aside) throws before anything is written.
   virtual double softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
-                                     int64_t classes, float* grad, float scale) = 0;
+                                     int64_t classes, int64_t ignoreIndex, float* grad,
+                                     float scale) = 0;
   // out[i] = argmax_j x[i, j] (as a float)
   virtual void argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) = 0;
   virtual void adamwStep(float* param, const float* grad, float* m, float* v, int64_t count,
                          const AdamWSettings& settings) = 0;
   virtual void sgdStep(float* param, const float* grad, float* momentum, int64_t count,
                        const SgdSettings& settings) = 0;
+
+  // --- Transformer kernels (native/cpu/transformer_cpu.cc, native/cuda/cuda_transformer.cu) ---
+
+  // out[i, :] = weight[ids[i], :] for i < count. ids are class indices stored as
+  // floats; one outside [0, vocab) throws before anything is written.
+  virtual void embeddingForward(float* out, const float* weight, const float* ids, int64_t count,
+                                int64_t vocab, int64_t dim) = 0;
+  // dweight[ids[i], :] += dy[i, :], summed in token order on both backends, so the
+  // result is deterministic. ids are checked as in embeddingForward.
+  virtual void embeddingBackward(float* dweight, const float* dy, const float* ids, int64_t count,
+                                 int64_t vocab, int64_t dim) = 0;
+  // Normalises each row of x [rows, cols] (see Norm), then y = xhat * weight + bias
+  // (weight null: ones; bias null: zeros; Rms takes no bias). stats (null, or 2 *
+  // rows) receives each row's mean (0 for Rms), then each row's 1 / sqrt(var + eps).
+  virtual void normForward(Norm norm, float* y, float* stats, const float* x, const float* weight,
+                           const float* bias, int64_t rows, int64_t cols, float eps) = 0;
+  // The gradients of normForward from its stats, each skipped when null and
+  // otherwise overwritten: dx, dweight = sum over rows of dy * xhat, dbias = sum
+  // over rows of dy. dx may be dy (the weight sums are taken first).
+  virtual void normBackward(Norm norm, float* dx, float* dweight, float* dbias, const float* dy,
+                            const float* x, const float* weight, const float* stats, int64_t rows,
+                            int64_t cols) = 0;
+  // y = softmax of each row of x [rows, cols] in float32 (the row maximum
+  // subtracted first); y may be x. With a mask, rows are [batch, heads,
+  // queryLength] and masked entries are exactly 0 (see AttentionMask).
+  virtual void softmaxRows(float* y, const float* x, int64_t rows, int64_t cols,
+                           const AttentionMask* mask) = 0;
+  // dx = y * (dy - sum_j dy_j y_j) row-wise, the softmax's backward pass; dx may be dy.
+  virtual void softmaxBackward(float* dx, const float* y, const float* dy, int64_t rows,
+                               int64_t cols) = 0;
+  // y = x rotated: for i < rotaryDim / 2, with the angle float(position) * invFreq_i
+  // and invFreq_i = 1 / theta^(2i / rotaryDim), both rounded to float32 as Hugging
+  // Face computes them, (y_i, y_{i + rotaryDim / 2}) = (x_i cos - x_{i + r/2} sin,
+  // x_{i + r/2} cos + x_i sin); features from rotaryDim on are copied. inverse
+  // rotates by minus the angle (the backward pass). positions hold integers as
+  // floats. y may be x.
+  virtual void rope(float* y, const float* x, const float* positions, const RopeShape& shape,
+                    bool inverse) = 0;
+  // y = x with its axes permuted: axis a of y is axis dims[a] of x, whose shape
+  // is `shape` (rank <= kMaxOrder). y must not overlap x.
+  virtual void permute(float* y, const float* x, const int64_t* shape, const int* dims,
+                       int rank) = 0;
+  // dst[r * dstStride + c] = src[r * srcStride + c] for r < rows, c < cols: the
+  // block copy behind split, concat, narrow and KV-cache writes. The two blocks
+  // must not overlap.
+  virtual void copyBlocks(float* dst, int64_t dstStride, const float* src, int64_t srcStride,
+                          int64_t rows, int64_t cols) = 0;
 };
 
 Backend& cpuBackend();

@@ -1,6 +1,7 @@
 #include "core/shape.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/errors.h"
 
@@ -29,6 +30,14 @@ std::string formatShape(const int64_t* dims, int count) {
     text += std::to_string(dims[i]);
   }
   return text + "]";
+}
+
+std::string indexErrorMessage(const char* kernel, const char* what, float value, const char* unit,
+                              int64_t position, const char* kind, int64_t limit) {
+  char number[32];
+  std::snprintf(number, sizeof number, "%.9g", double(value));
+  return std::string(kernel) + ": " + what + " " + number + " at " + unit + " " +
+         std::to_string(position) + " is not " + kind + " in [0, " + std::to_string(limit) + ")";
 }
 
 TuckerShape TuckerShape::make(const std::vector<int64_t>& modes,

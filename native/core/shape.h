@@ -1,5 +1,5 @@
-// Shapes and sizes shared by every backend: overflow-checked products and the
-// (modes, ranks) description of a Tucker problem.
+// Shapes and sizes shared by every backend: overflow-checked products, the
+// (modes, ranks) description of a Tucker problem and the bad-index message.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +19,11 @@ constexpr int64_t kMaxElements = int64_t(1) << 48;
 int64_t checkedProduct(const int64_t* dims, int count, const char* what);
 
 std::string formatShape(const int64_t* dims, int count);
+
+// "<kernel>: <what> <value> at <unit> <position> is not <kind> in [0, <limit>)",
+// the message of every kernel that refuses a bad index (labels, token ids).
+std::string indexErrorMessage(const char* kernel, const char* what, float value, const char* unit,
+                              int64_t position, const char* kind, int64_t limit);
 
 // X = G x_1 U_1 ... x_N U_N with U_n of shape [modes[n], ranks[n]] and G of
 // shape ranks[0..order).

@@ -14,6 +14,7 @@
 #include "core/errors.h"
 #include "core/philox.h"
 #include "cpu/thread_pool.h"
+#include "cpu/transformer_cpu.h"
 #include "cpu/tucker_cpu.h"
 
 namespace tera {
@@ -60,6 +61,10 @@ int blasDim(int64_t value, const char* what) {
   return int(value);
 }
 
+// GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+constexpr float kGeluTanhScale = float(M_2_SQRTPI * M_SQRT1_2);
+constexpr float kGeluTanhCubic = 0.044715f;
+
 float activate(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
@@ -68,6 +73,10 @@ float activate(Activation activation, float x) {
       return 0.5f * x * (1.0f + std::erf(x * float(M_SQRT1_2)));
     case Activation::Tanh:
       return std::tanh(x);
+    case Activation::GeluTanh:
+      return 0.5f * x * (1.0f + std::tanh(kGeluTanhScale * (x + kGeluTanhCubic * (x * x * x))));
+    case Activation::Silu:
+      return x / (1.0f + std::exp(-x));
   }
   return x;
 }
@@ -84,6 +93,15 @@ float activationDerivative(Activation activation, float x) {
     case Activation::Tanh: {
       const float t = std::tanh(x);
       return 1.0f - t * t;
+    }
+    case Activation::GeluTanh: {
+      const float t = std::tanh(kGeluTanhScale * (x + kGeluTanhCubic * (x * x * x)));
+      return 0.5f * (1.0f + t) +
+             0.5f * x * (1.0f - t * t) * kGeluTanhScale * (1.0f + 3.0f * kGeluTanhCubic * x * x);
+    }
+    case Activation::Silu: {
+      const float sigmoid = 1.0f / (1.0f + std::exp(-x));
+      return sigmoid * (1.0f + x * (1.0f - sigmoid));
     }
   }
   return 1.0f;
@@ -112,6 +130,10 @@ void fillRange(float* out, int64_t begin, int64_t end, Distribution distribution
   fillRangeBody(out, begin, end, distribution, seed, stream, a, b);
 }
 
+bool isIgnored(float label, int64_t ignoreIndex) {
+  return ignoreIndex != kNoIgnoreIndex && label == float(ignoreIndex);
+}
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::Cpu; }
@@ -138,6 +160,15 @@ class CpuBackend final : public Backend {
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, transA ? M : K, b,
                 transB ? K : N, beta, c, N);
+  }
+
+  // One OpenBLAS call per batch entry, each threaded by OpenBLAS itself.
+  void gemmStridedBatched(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha,
+                          const float* a, int64_t strideA, const float* b, int64_t strideB,
+                          float beta, float* c, int64_t strideC, int64_t batch) override {
+    for (int64_t i = 0; i < batch; ++i) {
+      gemm(transA, transB, m, n, k, alpha, a + i * strideA, b + i * strideB, beta, c + i * strideC);
+    }
   }
 
   void modeProduct(const int64_t* shape, int order, int mode, const float* x, const float* matrix,
@@ -243,37 +274,42 @@ class CpuBackend final : public Backend {
   }
 
   double softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
-                             int64_t classes, float* grad, float scale) override {
-    for (int64_t i = 0; i < rows; ++i) {
-      const float label = labels[i];
-      if (!(label >= 0.0f && label < float(classes)) || label != std::floor(label)) {
-        throw Error("softmaxCrossEntropy: label " + std::to_string(label) + " at row " +
-                    std::to_string(i) + " is not a class index in [0, " + std::to_string(classes) +
-                    ")");
-      }
-    }
-    std::vector<double> rowLoss(static_cast<size_t>(rows));
+                             int64_t classes, int64_t ignoreIndex, float* grad,
+                             float scale) override {
+    cpu::checkIndices("softmaxCrossEntropy", "label", "row", "a class index", labels, rows, classes,
+                      ignoreIndex);
+    int64_t counted = 0;
+    for (int64_t i = 0; i < rows; ++i) counted += isIgnored(labels[i], ignoreIndex) ? 0 : 1;
+    std::vector<double> rowLoss(static_cast<size_t>(rows), 0.0);
     cpu::parallelFor(rows, [&](int64_t begin, int64_t end, int) {
       for (int64_t i = begin; i < end; ++i) {
+        float* g = grad ? grad + i * classes : nullptr;
+        if (isIgnored(labels[i], ignoreIndex)) {
+          if (g) std::fill(g, g + classes, 0.0f);
+          continue;
+        }
+        // One exp per entry (kept in grad), float32 as torch's log_softmax, summed in double.
         const float* row = logits + i * classes;
-        const double peak = *std::max_element(row, row + classes);
+        const float peak = *std::max_element(row, row + classes);
         double total = 0;
-        for (int64_t j = 0; j < classes; ++j) total += std::exp(double(row[j]) - peak);
+        for (int64_t j = 0; j < classes; ++j) {
+          const float e = std::exp(row[j] - peak);
+          if (g) g[j] = e;
+          total += e;
+        }
         const int64_t label = int64_t(labels[i]);
-        const double logSum = peak + std::log(total);
-        rowLoss[size_t(i)] = logSum - double(row[label]);
-        if (grad) {
-          for (int64_t j = 0; j < classes; ++j) {
-            const double p = std::exp(double(row[j]) - logSum);
-            grad[i * classes + j] =
-                float(double(scale) * (p - (j == label ? 1.0 : 0.0)) / double(rows));
-          }
+        rowLoss[size_t(i)] = double(peak) + std::log(total) - double(row[label]);
+        if (g) {  // scale (softmax - onehot) / counted
+          const double share = double(scale) / double(counted);
+          const float factor = float(share / total);
+          for (int64_t j = 0; j < classes; ++j) g[j] *= factor;
+          g[label] -= float(share);
         }
       }
     });
     double total = 0;
     for (double l : rowLoss) total += l;
-    return total / double(rows);
+    return counted == 0 ? std::nan("") : total / double(counted);
   }
 
   // The first maximum of each row; NaN counts as the largest value (as torch.argmax),
@@ -324,6 +360,43 @@ class CpuBackend final : public Backend {
         param[i] -= s.learningRate * g;
       }
     });
+  }
+
+  void embeddingForward(float* out, const float* weight, const float* ids, int64_t count,
+                        int64_t vocab, int64_t dim) override {
+    cpu::embeddingForward(out, weight, ids, count, vocab, dim);
+  }
+  void embeddingBackward(float* dweight, const float* dy, const float* ids, int64_t count,
+                         int64_t vocab, int64_t dim) override {
+    cpu::embeddingBackward(dweight, dy, ids, count, vocab, dim);
+  }
+  void normForward(Norm norm, float* y, float* stats, const float* x, const float* weight,
+                   const float* bias, int64_t rows, int64_t cols, float eps) override {
+    cpu::normForward(norm, y, stats, x, weight, bias, rows, cols, eps);
+  }
+  void normBackward(Norm norm, float* dx, float* dweight, float* dbias, const float* dy,
+                    const float* x, const float* weight, const float* stats, int64_t rows,
+                    int64_t cols) override {
+    cpu::normBackward(norm, dx, dweight, dbias, dy, x, weight, stats, rows, cols);
+  }
+  void softmaxRows(float* y, const float* x, int64_t rows, int64_t cols,
+                   const AttentionMask* mask) override {
+    cpu::softmaxRows(y, x, rows, cols, mask);
+  }
+  void softmaxBackward(float* dx, const float* y, const float* dy, int64_t rows,
+                       int64_t cols) override {
+    cpu::softmaxBackward(dx, y, dy, rows, cols);
+  }
+  void rope(float* y, const float* x, const float* positions, const RopeShape& shape,
+            bool inverse) override {
+    cpu::rope(y, x, positions, shape, inverse);
+  }
+  void permute(float* y, const float* x, const int64_t* shape, const int* dims, int rank) override {
+    cpu::permute(y, x, shape, dims, rank);
+  }
+  void copyBlocks(float* dst, int64_t dstStride, const float* src, int64_t srcStride, int64_t rows,
+                  int64_t cols) override {
+    cpu::copyBlocks(dst, dstStride, src, srcStride, rows, cols);
   }
 };
 

@@ -2,6 +2,7 @@
 // backend object (one stream, one cuBLAS handle, grow-only scratch buffers),
 // memory transfers and GEMM through cuBLAS. Row-major GEMMs are issued as the
 // transposed column-major product: C^T = op(B)^T op(A)^T.
+#include <algorithm>
 #include <climits>
 #include <mutex>
 
@@ -216,6 +217,22 @@ void CudaBackend::gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k
       cublas_->sgemm(handle_, transB ? kCublasOpT : kCublasOpN, transA ? kCublasOpT : kCublasOpN, N,
                      M, K, &alpha, b, transB ? K : N, a, transA ? M : K, &beta, c, N),
       "cublasSgemm_v2");
+}
+
+// Row-major C_i = op(A_i) op(B_i) is column-major C_i^T = op(B_i)^T op(A_i)^T.
+void CudaBackend::gemmStridedBatched(bool transA, bool transB, int64_t m, int64_t n, int64_t k,
+                                     float alpha, const float* a, int64_t strideA, const float* b,
+                                     int64_t strideB, float beta, float* c, int64_t strideC,
+                                     int64_t batch) {
+  const int M = blasDim(m, "m"), N = blasDim(n, "n"), K = blasDim(k, "k");
+  for (int64_t first = 0; first < batch; first += INT_MAX) {
+    const int count = int(std::min<int64_t>(batch - first, INT_MAX));
+    cublasCall(cublas_->sgemmStridedBatched(
+                   handle_, transB ? kCublasOpT : kCublasOpN, transA ? kCublasOpT : kCublasOpN, N,
+                   M, K, &alpha, b + first * strideB, transB ? K : N, strideB, a + first * strideA,
+                   transA ? M : K, strideA, &beta, c + first * strideC, N, strideC, count),
+               "cublasSgemmStridedBatched");
+  }
 }
 
 void CudaBackend::modeProductGemm(int64_t P, int64_t K, int64_t Q, int64_t J, const float* u,

@@ -1,6 +1,8 @@
 // The CUDA backend's class, shared by the .cu files that implement it:
 // cuda_backend.cu (device setup, memory, GEMM), cuda_tucker.cu (mode products,
-// Tucker reconstruction and scale gradient) and cuda_elementwise.cu (the rest).
+// Tucker reconstruction and scale gradient), cuda_transformer.cu (embeddings,
+// norms, softmax, rotary embeddings, permutes, block copies, batched GEMM) and
+// cuda_elementwise.cu (the rest).
 // Everything runs on one stream; every CUDA and cuBLAS error becomes a
 // tera::Error naming the call.
 #pragma once
@@ -57,6 +59,9 @@ class CudaBackend final : public Backend {
 
   void gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
             const float* b, float beta, float* c) override;
+  void gemmStridedBatched(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha,
+                          const float* a, int64_t strideA, const float* b, int64_t strideB,
+                          float beta, float* c, int64_t strideC, int64_t batch) override;
   void modeProduct(const int64_t* shape, int order, int mode, const float* x, const float* matrix,
                    int64_t rows, const float* scale, float* y) override;
   void tuckerReconstruct(const TuckerShape& shape, const float* core, const float* const* factors,
@@ -80,12 +85,32 @@ class CudaBackend final : public Backend {
   double sum(const float* x, int64_t count) override;
   double dot(const float* x, const float* y, int64_t count) override;
   double softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
-                             int64_t classes, float* grad, float scale) override;
+                             int64_t classes, int64_t ignoreIndex, float* grad,
+                             float scale) override;
   void argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) override;
   void adamwStep(float* param, const float* grad, float* m, float* v, int64_t count,
                  const AdamWSettings& settings) override;
   void sgdStep(float* param, const float* grad, float* momentum, int64_t count,
                const SgdSettings& settings) override;
+  // Transformer kernels (cuda_transformer.cu).
+  void embeddingForward(float* out, const float* weight, const float* ids, int64_t count,
+                        int64_t vocab, int64_t dim) override;
+  void embeddingBackward(float* dweight, const float* dy, const float* ids, int64_t count,
+                         int64_t vocab, int64_t dim) override;
+  void normForward(Norm norm, float* y, float* stats, const float* x, const float* weight,
+                   const float* bias, int64_t rows, int64_t cols, float eps) override;
+  void normBackward(Norm norm, float* dx, float* dweight, float* dbias, const float* dy,
+                    const float* x, const float* weight, const float* stats, int64_t rows,
+                    int64_t cols) override;
+  void softmaxRows(float* y, const float* x, int64_t rows, int64_t cols,
+                   const AttentionMask* mask) override;
+  void softmaxBackward(float* dx, const float* y, const float* dy, int64_t rows,
+                       int64_t cols) override;
+  void rope(float* y, const float* x, const float* positions, const RopeShape& shape,
+            bool inverse) override;
+  void permute(float* y, const float* x, const int64_t* shape, const int* dims, int rank) override;
+  void copyBlocks(float* dst, int64_t dstStride, const float* src, int64_t srcStride, int64_t rows,
+                  int64_t cols) override;
 
   // --- Shared by the implementation files ---
   cudaStream_t stream() const { return stream_; }
@@ -109,6 +134,10 @@ class CudaBackend final : public Backend {
                         const float* const* mats, float* out);
   // Raises the dynamic shared memory limits of the fused kernels (constructor).
   void configureTuckerKernels();
+  // Throws indexErrorMessage(...) for the first entry of indices [count] that is
+  // not an integer in [0, limit) and not `skip` (synchronises).
+  void checkIndices(const char* kernel, const char* what, const char* unit, const char* kind,
+                    const float* indices, int64_t count, int64_t limit, int64_t skip);
   // Downloads one double from device memory (synchronises).
   double fetchDouble(const double* device);
   // Resident blocks per multiprocessor for a kernel and launch shape (cached).

@@ -43,9 +43,11 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void __launch_bounds__(kRowThreads)
     softmaxRowKernel(const float* logits, const float* labels, int64_t rows, int64_t classes,
-                     float* grad, float scale, double* rowLoss) {
+                     int64_t ignoreIndex, double counted, float* grad, float scale,
+                     double* rowLoss) {
   __shared__ double smem[kRowThreads];
-  softmaxRowBody(DeviceCtx(), logits, labels, rows, classes, grad, scale, rowLoss, smem);
+  softmaxRowBody(DeviceCtx(), logits, labels, rows, classes, ignoreIndex, counted, grad, scale,
+                 rowLoss, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
@@ -140,29 +142,37 @@ double CudaBackend::dot(const float* x, const float* y, int64_t count) {
   return reduceOnDevice(*this, count, DotTerm{x, y});
 }
 
-double CudaBackend::softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
-                                        int64_t classes, float* grad, float scale) {
-  if (rows <= 0) return std::nan("");  // the CPU's 0 / 0
-  // Labels first, as the CPU does: the first bad row is reported.
+void CudaBackend::checkIndices(const char* kernel, const char* what, const char* unit,
+                               const char* kind, const float* indices, int64_t count, int64_t limit,
+                               int64_t skip) {
+  if (count <= 0) return;
   unsigned long long* firstBad =
       static_cast<unsigned long long*>(scratch(kScratchResult, sizeof(unsigned long long)));
   TERA_CUDA_CHECK(cudaMemsetAsync(firstBad, 0xff, sizeof(unsigned long long), stream_));
-  launchForEach(stream_, rows, LabelCheckOp{labels, classes, firstBad}, "LabelCheckOp");
+  launchForEach(stream_, count, IndexCheckOp{indices, limit, skip, firstBad}, "IndexCheckOp");
   unsigned long long bad = 0;
   TERA_CUDA_CHECK(cudaMemcpyAsync(&bad, firstBad, sizeof bad, cudaMemcpyDeviceToHost, stream_));
   TERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (bad != ~0ull) {
-    float label = 0;
-    download(&label, labels + bad, 1);
-    throw Error("softmaxCrossEntropy: label " + std::to_string(label) + " at row " +
-                std::to_string(bad) + " is not a class index in [0, " + std::to_string(classes) +
-                ")");
-  }
+  if (bad == ~0ull) return;
+  float value = 0;
+  download(&value, indices + bad, 1);
+  throw Error(indexErrorMessage(kernel, what, value, unit, int64_t(bad), kind, limit));
+}
+
+double CudaBackend::softmaxCrossEntropy(const float* logits, const float* labels, int64_t rows,
+                                        int64_t classes, int64_t ignoreIndex, float* grad,
+                                        float scale) {
+  if (rows <= 0) return std::nan("");  // the CPU's 0 / 0
+  // Labels first, as the CPU does: the first bad row is reported.
+  checkIndices("softmaxCrossEntropy", "label", "row", "a class index", labels, rows, classes,
+               ignoreIndex);
+  const double counted = reduceOnDevice(*this, rows, CountedTerm{labels, ignoreIndex});
   double* rowLoss = scratchDoubles(kScratchDoubles, rows);
   softmaxRowKernel<<<gridFor(rows, 1, 1 << 20), kRowThreads, 0, stream_>>>(
-      logits, labels, rows, classes, grad, scale, rowLoss);
+      logits, labels, rows, classes, ignoreIndex, counted, grad, scale, rowLoss);
   checkLaunch("softmaxRowKernel");
-  return reduceOnDevice(*this, rows, DoubleTerm{rowLoss}) / double(rows);
+  const double total = reduceOnDevice(*this, rows, DoubleTerm{rowLoss});
+  return counted == 0 ? std::nan("") : total / counted;
 }
 
 void CudaBackend::argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) {

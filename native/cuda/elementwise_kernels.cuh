@@ -69,6 +69,10 @@ struct AddRowVectorOp {
   TERA_DEV void operator()(int64_t i) const { x[i] += v[i % cols]; }
 };
 
+// GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+constexpr float kGeluTanhScale = float(M_2_SQRTPI * M_SQRT1_2);
+constexpr float kGeluTanhCubic = 0.044715f;
+
 TERA_DEV float activate(Activation activation, float x) {
   switch (activation) {
     case Activation::Relu:
@@ -77,6 +81,10 @@ TERA_DEV float activate(Activation activation, float x) {
       return 0.5f * x * (1.0f + erff(x * float(M_SQRT1_2)));
     case Activation::Tanh:
       return tanhf(x);
+    case Activation::GeluTanh:
+      return 0.5f * x * (1.0f + tanhf(kGeluTanhScale * (x + kGeluTanhCubic * (x * x * x))));
+    case Activation::Silu:
+      return x / (1.0f + expf(-x));
   }
   return x;
 }
@@ -93,6 +101,15 @@ TERA_DEV float activationDerivative(Activation activation, float x) {
     case Activation::Tanh: {
       const float t = tanhf(x);
       return 1.0f - t * t;
+    }
+    case Activation::GeluTanh: {
+      const float t = tanhf(kGeluTanhScale * (x + kGeluTanhCubic * (x * x * x)));
+      return 0.5f * (1.0f + t) +
+             0.5f * x * (1.0f - t * t) * kGeluTanhScale * (1.0f + 3.0f * kGeluTanhCubic * x * x);
+    }
+    case Activation::Silu: {
+      const float sigmoid = 1.0f / (1.0f + expf(-x));
+      return sigmoid * (1.0f + x * (1.0f - sigmoid));
     }
   }
   return 1.0f;
@@ -321,7 +338,7 @@ struct ChunkFinalOp {
   }
 };
 
-// Records the first row whose label is not an integral class index.
+// Lowers *address to value atomically.
 TERA_DEV void atomicMinU64(unsigned long long* address, unsigned long long value) {
 #ifdef __CUDA_ARCH__
   atomicMin(address, value);
@@ -333,32 +350,49 @@ TERA_DEV void atomicMinU64(unsigned long long* address, unsigned long long value
 #endif
 }
 
-struct LabelCheckOp {
-  const float* labels;
-  int64_t classes;
+// Records the first entry that is not an integral index in [0, limit) and not `skip`.
+struct IndexCheckOp {
+  const float* indices;
+  int64_t limit, skip;
   unsigned long long* firstBad;
   TERA_DEV void operator()(int64_t i) const {
-    const float label = labels[i];
-    if (!(label >= 0.0f && label < float(classes)) || label != floorf(label)) {
+    const float index = indices[i];
+    if (skip != kNoIgnoreIndex && index == float(skip)) return;
+    if (!(index >= 0.0f && index < float(limit)) || index != floorf(index)) {
       atomicMinU64(firstBad, (unsigned long long)i);
     }
   }
 };
 
+// 1 for a label that counts in the cross-entropy mean, 0 for an ignored one.
+struct CountedTerm {
+  const float* labels;
+  int64_t ignoreIndex;
+  TERA_DEV double operator()(int64_t i) const {
+    return ignoreIndex != kNoIgnoreIndex && labels[i] == float(ignoreIndex) ? 0.0 : 1.0;
+  }
+};
+
 // Per row: rowLoss[i] = logsumexp(x_i) - x_i[label]; grad (if any) =
-// scale * (softmax - onehot) / rows. smem holds `threads` doubles.
+// scale * (softmax - onehot) / counted, from float exps as the CPU computes
+// them. A row whose label is ignoreIndex gets loss 0 and a zero gradient.
+// smem holds `threads` doubles.
 template <class Ctx>
 TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* labels, int64_t rows,
-                             int64_t classes, float* grad, float scale, double* rowLoss,
-                             double* smem) {
+                             int64_t classes, int64_t ignoreIndex, double counted, float* grad,
+                             float scale, double* rowLoss, double* smem) {
   for (int64_t i = c.block(); i < rows; i += c.blocks()) {
+    if (ignoreIndex != kNoIgnoreIndex && labels[i] == float(ignoreIndex)) {
+      if (c.tid() == 0) rowLoss[i] = 0.0;
+      if (grad) {
+        for (int64_t j = c.tid(); j < classes; j += c.threads()) grad[i * classes + j] = 0.0f;
+      }
+      continue;
+    }
     const float* row = logits + i * classes;
     // Row maximum: a max of floats is exact, so any order gives the CPU's value.
-    double peak = -INFINITY;
-    for (int64_t j = c.tid(); j < classes; j += c.threads()) {
-      const double v = row[j];
-      peak = v > peak ? v : peak;
-    }
+    float peak = -INFINITY;
+    for (int64_t j = c.tid(); j < classes; j += c.threads()) peak = fmaxf(peak, row[j]);
     smem[c.tid()] = peak;
     c.sync();
     for (int half = c.threads() / 2; half > 0; half /= 2) {
@@ -367,21 +401,27 @@ TERA_DEV void softmaxRowBody(const Ctx& c, const float* logits, const float* lab
       }
       c.sync();
     }
-    peak = smem[0];
+    peak = float(smem[0]);
     c.sync();
+    // One exp per entry (kept in grad), float32 as the CPU, summed in double.
     double total = 0;
-    for (int64_t j = c.tid(); j < classes; j += c.threads()) total += exp(double(row[j]) - peak);
+    for (int64_t j = c.tid(); j < classes; j += c.threads()) {
+      const float e = expf(row[j] - peak);
+      if (grad) grad[i * classes + j] = e;
+      total += e;
+    }
     smem[c.tid()] = total;
     c.sync();
     blockTreeSum(c, smem);
-    const double logSum = peak + log(smem[0]);
+    total = smem[0];
     const int64_t label = int64_t(labels[i]);
-    if (c.tid() == 0) rowLoss[i] = logSum - double(row[label]);
-    if (grad) {
+    if (c.tid() == 0) rowLoss[i] = double(peak) + log(total) - double(row[label]);
+    if (grad) {  // scale (softmax - onehot) / counted
+      const double share = double(scale) / counted;
+      const float factor = float(share / total);
+      float* g = grad + i * classes;
       for (int64_t j = c.tid(); j < classes; j += c.threads()) {
-        const double p = exp(double(row[j]) - logSum);
-        grad[i * classes + j] =
-            float(double(scale) * (p - (j == label ? 1.0 : 0.0)) / double(rows));
+        g[j] = j == label ? g[j] * factor - float(share) : g[j] * factor;
       }
     }
     c.sync();

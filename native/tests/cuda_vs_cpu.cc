@@ -12,8 +12,18 @@
 //    operations in the same order with FMA contraction off (g++
 //    -ffp-contract=off, nvcc --fmad=false; sqrt and division are correctly
 //    rounded on both), and Philox plus our own log/cos use only such operations.
-//  - GELU and tanh: rtol 1e-5, atol 1e-6. CUDA's erff/expf/tanhf are within
-//    2 ulp and glibc's within 1, so results differ by a few ulp (1 ulp = 6e-8).
+//  - GELU (both forms), tanh and SiLU: rtol 1e-5, atol 1e-6. CUDA's
+//    erff/expf/tanhf are within 2 ulp and glibc's within 1, so results differ
+//    by a few ulp (1 ulp = 6e-8). The same holds for the softmax rows and
+//    their backward pass (expf, double sums in another order): rtol 1e-5,
+//    atol 1e-7.
+//  - Exact as well: embedding lookup and its scatter-add (both add tokens in
+//    token order), permute and block copies. LayerNorm / RMSNorm and RoPE use
+//    the same float operations on both sides, from double sums (norms) or
+//    double cos / sin rounded once (RoPE): rtol 1e-6, atol 1e-6 allows for a
+//    statistic that rounds the other way.
+//  - Strided-batched GEMM as GEMM; attention (GEMMs around a softmax) rtol
+//    1e-4, atol 1e-5.
 //  - GEMM, mode products, reconstruction: summation orders differ (cuBLAS,
 //    OpenBLAS, our blocked kernels), and the rounding of a K-term float sum is
 //    bounded by about K * 2^-24 * sum|terms|; cancellation makes small entries
@@ -24,8 +34,11 @@
 //    double reference stays below 3e-7 * max|ref| up to order 6).
 //  - Scale gradients: rtol 1e-3, atol 1e-4 * max|ref|: each dl_n sums a whole
 //    projected gradient (float intermediates over up to 2^24 entries).
-//  - sum, dot, loss (double accumulation of floats): rtol 1e-12 / 1e-9; sumAxis
-//    (double accumulation rounded to float): rtol 2.5e-7 (one float ulp).
+//  - sum, dot (double accumulation of floats): rtol 1e-12; sumAxis (double
+//    accumulation rounded to float): rtol 2.5e-7 (one float ulp).
+//  - Cross-entropy: float exps (a few ulp apart) summed in double; the loss
+//    rtol 1e-6, atol 1e-6, the gradient rtol 1e-5, atol 2e-7 (the label's
+//    entry p - 1 cancels).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "core/attention.h"
 #include "core/backend.h"
 #include "core/errors.h"
 #include "core/shape.h"
@@ -223,8 +237,10 @@ void checkElementwise(Backend& cpu, Backend& gpu) {
         "multiply" + sn,
         {std::vector<float>(static_cast<size_t>(n)), randomVector(n), randomVector(n)}, {0}, 0, 0,
         [&](Backend& be, std::vector<float*>& p) { be.multiply(p[0], p[1], p[2], n); }, cpu, gpu);
-    for (Activation act : {Activation::Relu, Activation::Gelu, Activation::Tanh}) {
-      const char* an = act == Activation::Relu ? "relu" : act == Activation::Gelu ? "gelu" : "tanh";
+    for (Activation act : {Activation::Relu, Activation::Gelu, Activation::Tanh,
+                           Activation::GeluTanh, Activation::Silu}) {
+      const char* names[] = {"relu", "gelu", "tanh", "geluTanh", "silu"};
+      const char* an = names[int(act)];
       const double rtol = act == Activation::Relu ? 0 : 1e-5,
                    atol = act == Activation::Relu ? 0 : 1e-6;
       both(
@@ -341,8 +357,8 @@ void checkSoftmax(Backend& cpu, Backend& gpu) {
         for (int side = 0; side < 2; ++side) {
           Buffer bl(*backends[side], logits), bt(*backends[side], labels);
           Buffer bg(*backends[side], rows * classes);
-          loss[side] = backends[side]->softmaxCrossEntropy(bl.data, bt.data, rows, classes,
-                                                           withGrad ? bg.data : nullptr, 0.75f);
+          loss[side] = backends[side]->softmaxCrossEntropy(
+              bl.data, bt.data, rows, classes, kNoIgnoreIndex, withGrad ? bg.data : nullptr, 0.75f);
           grads[side] = bg.read();
         }
       } catch (const std::exception& e) {
@@ -350,8 +366,8 @@ void checkSoftmax(Backend& cpu, Backend& gpu) {
         continue;
       }
       compareScalar(std::string("softmaxCrossEntropy loss") + (withGrad ? " +grad" : "") + sn,
-                    loss[0], loss[1], 1e-9, 1e-12);
-      if (withGrad) compare("softmaxCrossEntropy grad" + sn, grads[0], grads[1], 1e-6, 1e-8);
+                    loss[0], loss[1], 1e-6, 1e-6);
+      if (withGrad) compare("softmaxCrossEntropy grad" + sn, grads[0], grads[1], 1e-5, 2e-7);
     }
   }
   // An invalid label must be reported, as on the CPU.
@@ -361,7 +377,7 @@ void checkSoftmax(Backend& cpu, Backend& gpu) {
   for (int side = 0; side < 2; ++side) {
     Buffer bl(*backends[side], logits), bt(*backends[side], labels);
     try {
-      backends[side]->softmaxCrossEntropy(bl.data, bt.data, 4, 3, nullptr, 1.0f);
+      backends[side]->softmaxCrossEntropy(bl.data, bt.data, 4, 3, kNoIgnoreIndex, nullptr, 1.0f);
     } catch (const Error& e) {
       messages[side] = e.what();
     }
@@ -537,6 +553,296 @@ void checkTucker(Backend& cpu, Backend& gpu) {
   }
 }
 
+// --- Transformer kernels --------------------------------------------------------------
+
+std::vector<float> randomIndices(int64_t n, int64_t limit) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = float(std::uniform_int_distribution<int64_t>(0, limit - 1)(rng));
+  return v;
+}
+
+// The message each backend throws for `op`, or "" if it did not throw.
+std::string thrown(Backend& be, const std::function<void(Backend&)>& op) {
+  try {
+    op(be);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void checkTransformer(Backend& cpu, Backend& gpu) {
+  // Strided-batched GEMM with padding between the batch entries.
+  const int64_t gemmShapes[][4] = {{1, 1, 1, 1}, {3, 7, 5, 4}, {33, 17, 65, 3}};
+  for (const auto& g : gemmShapes) {
+    const int64_t m = g[0], n = g[1], k = g[2], batch = g[3];
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const int64_t sa = m * k + 3, sb = k * n + 1, sc = m * n + 2;
+      char name[128];
+      std::snprintf(name, sizeof name, "gemmStridedBatched m=%lld n=%lld k=%lld batch=%lld %c%c",
+                    (long long)m, (long long)n, (long long)k, (long long)batch, ta ? 'T' : 'N',
+                    tb ? 'T' : 'N');
+      both(
+          name, {randomVector(sa * batch), randomVector(sb * batch), randomVector(sc * batch)}, {2},
+          1e-4, 1e-6 * double(k) * 1.5,
+          [&](Backend& be, std::vector<float*>& p) {
+            be.gemmStridedBatched(ta, tb, m, n, k, 0.75f, p[0], sa, p[1], sb, 0.5f, p[2], sc,
+                                  batch);
+          },
+          cpu, gpu);
+    }
+  }
+
+  // Embedding lookup and scatter-add (repeated ids accumulate in token order).
+  for (const auto& e : {std::vector<int64_t>{1, 1, 1}, {7, 5, 3}, {300, 50, 65}}) {
+    const int64_t count = e[0], vocab = e[1], dim = e[2];
+    const std::string sn = " count=" + std::to_string(count) + " vocab=" + std::to_string(vocab) +
+                           " dim=" + std::to_string(dim);
+    const std::vector<float> ids = randomIndices(count, vocab);
+    both(
+        "embeddingForward" + sn,
+        {std::vector<float>(size_t(count * dim)), randomVector(vocab * dim), ids}, {0}, 0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.embeddingForward(p[0], p[1], p[2], count, vocab, dim);
+        },
+        cpu, gpu);
+    both(
+        "embeddingBackward" + sn, {randomVector(vocab * dim), randomVector(count * dim), ids}, {0},
+        0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.embeddingBackward(p[0], p[1], p[2], count, vocab, dim);
+        },
+        cpu, gpu);
+  }
+  {
+    const std::vector<float> ids = {0, 2, 7, 1};
+    std::string messages[2];
+    Backend* backends[2] = {&cpu, &gpu};
+    for (int side = 0; side < 2; ++side) {
+      Buffer out(*backends[side], 8), weight(*backends[side], 8), bi(*backends[side], ids);
+      messages[side] = thrown(*backends[side], [&](Backend& be) {
+        be.embeddingForward(out.data, weight.data, bi.data, 4, 4, 2);
+      });
+    }
+    report(!messages[1].empty() && messages[0] == messages[1], "embeddingForward bad id",
+           messages[1]);
+  }
+
+  // LayerNorm / RMSNorm, with and without weight and bias; dx written over dy.
+  const int64_t normShapes[][2] = {{1, 1}, {3, 7}, {64, 768}, {1500, 33}};
+  for (const auto& ns : normShapes) {
+    const int64_t rows = ns[0], cols = ns[1];
+    for (Norm norm : {Norm::Layer, Norm::Rms}) {
+      for (bool affine : {false, true}) {
+        const std::string sn = std::string(norm == Norm::Layer ? " layer" : " rms") +
+                               (affine ? " affine " : " plain ") + std::to_string(rows) + "x" +
+                               std::to_string(cols);
+        const bool withBias = affine && norm == Norm::Layer;
+        // 0 y, 1 stats, 2 x, 3 weight, 4 bias, 5 dy (then dx), 6 dweight, 7 dbias
+        both(
+            "normForward/Backward" + sn,
+            {std::vector<float>(size_t(rows * cols)), std::vector<float>(size_t(2 * rows)),
+             randomVector(rows * cols, -3, 5), randomVector(cols, 0.5f, 1.5f), randomVector(cols),
+             randomVector(rows * cols), std::vector<float>(size_t(cols)),
+             std::vector<float>(size_t(cols))},
+            {0, 1, 5, 6, 7}, 1e-6, 1e-6,
+            [&](Backend& be, std::vector<float*>& p) {
+              const float* w = affine ? p[3] : nullptr;
+              be.normForward(norm, p[0], p[1], p[2], w, withBias ? p[4] : nullptr, rows, cols,
+                             1e-5f);
+              be.normBackward(norm, p[5], affine ? p[6] : nullptr, withBias ? p[7] : nullptr, p[5],
+                              p[2], w, p[1], rows, cols);
+            },
+            cpu, gpu);
+      }
+    }
+  }
+
+  // Row softmax, plain and masked (causal with an offset, left-padding key
+  // masks, a fully masked row), and its backward pass written over dy.
+  struct SoftmaxCase {
+    int64_t batch, heads, queryLength, keyLength, queryOffset;
+    bool causal, keyMask;
+  };
+  const SoftmaxCase softmaxCases[] = {
+      {1, 1, 1, 1, 0, false, false}, {2, 3, 5, 700, 0, false, false}, {2, 2, 6, 6, 0, true, false},
+      {3, 2, 4, 9, 5, true, true},   {2, 4, 1, 17, 16, true, true},   {2, 1, 7, 7, 0, false, true}};
+  for (const SoftmaxCase& sc : softmaxCases) {
+    const int64_t rows = sc.batch * sc.heads * sc.queryLength, cols = sc.keyLength;
+    std::vector<float> keyMask(size_t(sc.batch * cols), 1.0f);
+    if (sc.keyMask) {
+      // Batch b is left-padded by b + 1 keys; the last batch hides every key.
+      for (int64_t b = 0; b < sc.batch; ++b) {
+        const int64_t padded = b + 1 == sc.batch && b > 0 ? cols : std::min(cols, b + 1);
+        for (int64_t j = 0; j < padded; ++j) keyMask[size_t(b * cols + j)] = 0.0f;
+      }
+    }
+    char name[160];
+    std::snprintf(name, sizeof name,
+                  "softmaxRows/Backward batch=%lld heads=%lld Tq=%lld Tk=%lld offset=%lld%s%s",
+                  (long long)sc.batch, (long long)sc.heads, (long long)sc.queryLength,
+                  (long long)sc.keyLength, (long long)sc.queryOffset, sc.causal ? " causal" : "",
+                  sc.keyMask ? " keyMask" : "");
+    const bool masked = sc.causal || sc.keyMask;
+    both(
+        name,
+        {std::vector<float>(size_t(rows * cols)), randomVector(rows * cols, -6, 6), keyMask,
+         randomVector(rows * cols)},
+        {0, 3}, 1e-5, 1e-7,
+        [&](Backend& be, std::vector<float*>& p) {
+          AttentionMask mask;
+          mask.heads = sc.heads;
+          mask.queryLength = sc.queryLength;
+          mask.queryOffset = sc.queryOffset;
+          mask.causal = sc.causal;
+          mask.keyMask = sc.keyMask ? p[2] : nullptr;
+          be.softmaxRows(p[0], p[1], rows, cols, masked ? &mask : nullptr);
+          be.softmaxBackward(p[3], p[0], p[3], rows, cols);
+        },
+        cpu, gpu);
+  }
+
+  // Attention forward and backward (composed of the kernels above), GQA ratios 1, 2 and 4.
+  struct AttentionCase {
+    int64_t batch, heads, kvHeads, queryLength, keyLength, headDim, queryOffset;
+    bool causal, keyMask;
+  };
+  const AttentionCase attentionCases[] = {{1, 1, 1, 1, 1, 1, 0, false, false},
+                                          {2, 4, 4, 5, 5, 8, 0, true, true},
+                                          {2, 4, 2, 3, 7, 5, 4, true, true},
+                                          {1, 8, 2, 16, 16, 64, 0, true, false},
+                                          {3, 2, 1, 4, 6, 3, 0, false, true}};
+  for (const AttentionCase& ac : attentionCases) {
+    AttentionShape shape;
+    shape.batch = ac.batch;
+    shape.heads = ac.heads;
+    shape.kvHeads = ac.kvHeads;
+    shape.queryLength = ac.queryLength;
+    shape.keyLength = ac.keyLength;
+    shape.headDim = ac.headDim;
+    shape.queryOffset = ac.queryOffset;
+    shape.causal = ac.causal;
+    shape.scale = 1.0f / std::sqrt(float(ac.headDim));
+    std::vector<float> keyMask(size_t(ac.batch * ac.keyLength), 1.0f);
+    if (ac.keyMask) {
+      for (int64_t b = 0; b < ac.batch; ++b) {
+        for (int64_t j = 0; j < std::min(b, ac.keyLength); ++j) {
+          keyMask[size_t(b * ac.keyLength + j)] = 0.0f;
+        }
+      }
+    }
+    char name[160];
+    std::snprintf(name, sizeof name,
+                  "attention batch=%lld heads=%lld kvHeads=%lld Tq=%lld Tk=%lld D=%lld "
+                  "offset=%lld%s%s",
+                  (long long)ac.batch, (long long)ac.heads, (long long)ac.kvHeads,
+                  (long long)ac.queryLength, (long long)ac.keyLength, (long long)ac.headDim,
+                  (long long)ac.queryOffset, ac.causal ? " causal" : "",
+                  ac.keyMask ? " keyMask" : "");
+    const int64_t qs = shape.querySize(), ks = shape.keySize(), ps = shape.probsSize();
+    // 0 q, 1 k, 2 v, 3 keyMask, 4 probs, 5 out, 6 dOut, 7 workspace, 8 dq, 9 dk, 10 dv
+    both(
+        name,
+        {randomVector(qs), randomVector(ks), randomVector(ks), keyMask,
+         std::vector<float>(size_t(ps)), std::vector<float>(size_t(qs)), randomVector(qs),
+         std::vector<float>(size_t(ps)), std::vector<float>(size_t(qs)),
+         std::vector<float>(size_t(ks)), std::vector<float>(size_t(ks))},
+        {4, 5, 8, 9, 10}, 1e-4, 1e-5,
+        [&](Backend& be, std::vector<float*>& p) {
+          attentionForward(be, shape, p[0], p[1], p[2], ac.keyMask ? p[3] : nullptr, p[4], p[5]);
+          attentionBackward(be, shape, p[0], p[1], p[2], p[4], p[6], p[7], p[8], p[9], p[10]);
+        },
+        cpu, gpu);
+  }
+
+  // RoPE: full and partial rotary dims, per-batch and shared positions, in place and inverse.
+  struct RopeCase {
+    int64_t batch, heads, tokens, headDim, rotaryDim;
+    double theta;
+    bool perBatch;
+  };
+  const RopeCase ropeCases[] = {{1, 1, 1, 2, 2, 10000.0, true},
+                                {2, 3, 5, 8, 8, 10000.0, true},
+                                {2, 4, 7, 64, 32, 500000.0, false},
+                                {1, 12, 100, 64, 64, 10000.0, true}};
+  for (const RopeCase& rc : ropeCases) {
+    RopeShape shape;
+    shape.batch = rc.batch;
+    shape.heads = rc.heads;
+    shape.tokens = rc.tokens;
+    shape.headDim = rc.headDim;
+    shape.rotaryDim = rc.rotaryDim;
+    shape.theta = rc.theta;
+    shape.positionsPerBatch = rc.perBatch;
+    const int64_t size = rc.batch * rc.heads * rc.tokens * rc.headDim;
+    const int64_t positions = (rc.perBatch ? rc.batch : 1) * rc.tokens;
+    char name[160];
+    std::snprintf(name, sizeof name, "rope batch=%lld heads=%lld T=%lld D=%lld rotary=%lld%s",
+                  (long long)rc.batch, (long long)rc.heads, (long long)rc.tokens,
+                  (long long)rc.headDim, (long long)rc.rotaryDim, rc.perBatch ? "" : " shared");
+    // 0 y, 1 x, 2 positions, 3 in place then inverted
+    both(
+        name,
+        {std::vector<float>(size_t(size)), randomVector(size), randomIndices(positions, 4096),
+         randomVector(size)},
+        {0, 3}, 1e-6, 1e-6,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.rope(p[0], p[1], p[2], shape, false);
+          be.rope(p[3], p[3], p[2], shape, true);
+        },
+        cpu, gpu);
+  }
+
+  // Permutes and block copies.
+  const std::vector<std::pair<std::vector<int64_t>, std::vector<int>>> permutes = {
+      {{5}, {0}}, {{3, 4}, {1, 0}}, {{2, 3, 4, 5}, {0, 2, 1, 3}}, {{2, 3, 4, 5}, {3, 1, 0, 2}}};
+  for (const auto& [shape, dims] : permutes) {
+    int64_t size = 1;
+    for (int64_t d : shape) size *= d;
+    const int rank = int(shape.size());
+    both(
+        "permute " + formatShape(shape.data(), rank),
+        {std::vector<float>(size_t(size)), randomVector(size)}, {0}, 0, 0,
+        [&](Backend& be, std::vector<float*>& p) {
+          be.permute(p[0], p[1], shape.data(), dims.data(), rank);
+        },
+        cpu, gpu);
+  }
+  both(
+      "copyBlocks 7 rows of 5, strides 11 and 9", {randomVector(80), randomVector(70)}, {0}, 0, 0,
+      [&](Backend& be, std::vector<float*>& p) { be.copyBlocks(p[0] + 3, 11, p[1] + 2, 9, 7, 5); },
+      cpu, gpu);
+
+  // Cross-entropy with ignored rows, and with every row ignored (NaN loss, zero gradient).
+  for (bool allIgnored : {false, true}) {
+    const int64_t rows = 9, classes = 50;
+    std::vector<float> labels = randomIndices(rows, classes);
+    for (int64_t i = 0; i < rows; ++i) {
+      if (allIgnored || i % 3 == 1) labels[size_t(i)] = -100.0f;
+    }
+    const std::vector<float> logits = randomVector(rows * classes, -8, 8);
+    double loss[2] = {0, 0};
+    std::vector<float> grads[2];
+    Backend* backends[2] = {&cpu, &gpu};
+    const std::string sn = allIgnored ? " (all ignored)" : " (ignore index)";
+    try {
+      for (int side = 0; side < 2; ++side) {
+        Buffer bl(*backends[side], logits), bt(*backends[side], labels);
+        Buffer bg(*backends[side], randomVector(rows * classes));
+        loss[side] =
+            backends[side]->softmaxCrossEntropy(bl.data, bt.data, rows, classes, -100, bg.data, 1);
+        grads[side] = bg.read();
+      }
+    } catch (const std::exception& e) {
+      report(false, "softmaxCrossEntropy" + sn, e.what());
+      continue;
+    }
+    compareScalar("softmaxCrossEntropy loss" + sn, loss[0], loss[1], 1e-6, 1e-6);
+    compare("softmaxCrossEntropy grad" + sn, grads[0], grads[1], 1e-5, 2e-7);
+  }
+}
+
 // --- Benchmarks ------------------------------------------------------------------------
 
 double timeIt(Backend& gpu, int repeats, const std::function<void()>& body) {
@@ -635,6 +941,7 @@ int main() {
   checkGemm(cpu, *gpu);
   checkModeProduct(cpu, *gpu);
   checkTucker(cpu, *gpu);
+  checkTransformer(cpu, *gpu);
   if (!quick) benchmark(*gpu);
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -5,7 +5,7 @@
  */
 import { configClass } from '../config';
 import { type OptionalField, checkBoolean, checkFinite, checkInteger, checkSeed } from '../fields';
-import { checkProbability, dropoutProblem, inert, only } from '../peft-fields';
+import { FAN_IN_FAN_OUT, checkProbability, dropoutProblem, inert, only } from '../peft-fields';
 import { type PatternValues, checkPatternValues, lookupPattern } from '../patterns';
 
 /** init_lora_weights values PEFT has; the first three are implemented here. */
@@ -84,7 +84,7 @@ const LORA_FIELDS = {
 };
 
 const PEFT_ONLY = {
-  fan_in_fan_out: only([false], "tera-peft's Linear weights are [out, in]; Conv1D layers are not supported", true),
+  fan_in_fan_out: FAN_IN_FAN_OUT,
   bias: only(['none'], 'training biases (all / lora_only) is not implemented', true),
   modules_to_save: only([null, []], 'whole trained modules are not stored or loaded'),
   layers_to_transform: only([null], 'select layers with target_modules instead'),

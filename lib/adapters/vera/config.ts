@@ -5,7 +5,7 @@
  */
 import { configClass } from '../config';
 import { type OptionalField, checkBoolean, checkFinite, checkInteger, checkSeed } from '../fields';
-import { checkProbability, dropoutProblem, only } from '../peft-fields';
+import { FAN_IN_FAN_OUT, checkProbability, dropoutProblem, only } from '../peft-fields';
 
 const VERA_FIELDS = {
   r: {
@@ -49,7 +49,7 @@ const VERA_FIELDS = {
 };
 
 const PEFT_ONLY = {
-  fan_in_fan_out: only([false], "tera-peft's Linear weights are [out, in]; Conv1D layers are not supported", true),
+  fan_in_fan_out: FAN_IN_FAN_OUT,
   bias: only(['none'], 'training biases (all / vera_only) is not implemented', true),
   modules_to_save: only([null, []], 'whole trained modules are not stored or loaded'),
   layers_to_transform: only([null], 'select layers with target_modules instead'),
