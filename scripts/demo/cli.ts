@@ -1,6 +1,7 @@
 /**
- * Command-line flags of the demo (node's own parseArgs), checked up front so a
- * typo fails in the first second rather than after minutes of training.
+ * Command-line flags of the MNIST demo (node's own parseArgs), checked up
+ * front so a typo fails in the first second rather than after minutes of
+ * training, and the checks both demos' flags share.
  */
 import { parseArgs } from 'node:util';
 
@@ -47,10 +48,26 @@ TeRA, VeRA and LoRA, and with full fine-tuning for reference.
                      (each rank trains on its part of every batch; rank 0 reports)
   --help             show this text`;
 
-function positiveInteger(value: string, flag: string): number {
+export function positiveInteger(value: string, flag: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${value}'`);
   return n;
+}
+
+/** --methods: a comma-separated list of METHOD_NAMES, in the order given, without repeats. */
+export function parseMethods(value: string): MethodName[] {
+  const methods = value.split(',').map((m) => m.trim().toLowerCase());
+  const unknown = methods.filter((m) => !(METHOD_NAMES as readonly string[]).includes(m));
+  if (unknown.length > 0 || methods.length === 0) {
+    throw new Error(`--methods: unknown method '${unknown.join(', ')}'; choose from ${METHOD_NAMES.join(', ')}`);
+  }
+  return [...new Set(methods)] as MethodName[];
+}
+
+/** --device: cpu, cuda or auto (whether CUDA is usable is checked when the demo resolves it). */
+export function parseDevice(value: string): DeviceRequest {
+  if (!['cpu', 'cuda', 'auto'].includes(value)) throw new Error(`--device must be cpu, cuda or auto, got '${value}'`);
+  return value as DeviceRequest;
 }
 
 export function parseDemoArgs(argv: readonly string[]): DemoOptions {
@@ -71,16 +88,9 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
     strict: true,
     allowPositionals: false,
   });
-  const methods = values.methods.split(',').map((m) => m.trim().toLowerCase());
-  const unknown = methods.filter((m) => !(METHOD_NAMES as readonly string[]).includes(m));
-  if (unknown.length > 0 || methods.length === 0) {
-    throw new Error(`--methods: unknown method '${unknown.join(', ')}'; choose from ${METHOD_NAMES.join(', ')}`);
-  }
+  const methods = parseMethods(values.methods);
   // The engine (MPI or NCCL) is chosen before CUDA may start, so a distributed run names its device.
-  const device = values.device ?? (values.distributed ? 'cpu' : 'auto');
-  if (!['cpu', 'cuda', 'auto'].includes(device)) {
-    throw new Error(`--device must be cpu, cuda or auto, got '${device}'`);
-  }
+  const device = parseDevice(values.device ?? (values.distributed ? 'cpu' : 'auto'));
   if (values.distributed && device === 'auto') {
     throw new Error('--distributed needs --device cpu (MPI) or --device cuda (NCCL, one GPU per rank)');
   }
@@ -88,9 +98,9 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
   const rotate = Number(values.rotate);
   if (!Number.isFinite(rotate)) throw new Error(`--rotate must be a number of degrees, got '${values.rotate}'`);
   return {
-    methods: [...new Set(methods)] as MethodName[],
+    methods,
     epochs: positiveInteger(values.epochs, '--epochs'),
-    device: device as DeviceRequest,
+    device,
     rotate,
     batchSize: positiveInteger(values['batch-size'], '--batch-size'),
     trainLimit:
