@@ -31,4 +31,16 @@ for (let step = 0; step < 20; step++) {
 }
 tera.saveAdapter(peft, adapterDir); // adapter_config.json + adapter_model.safetensors, as PEFT saves them
 
-// Generating with the adapter: see the Generation section.
+// Generation with the adapter merged into the weights (no extra cost per token), printing each token as it comes.
+peft.mergeAdapter();
+const prompt = tokenizer.encode('the quick').ids;
+const decoder = tokenizer.incrementalDecoder({ skipSpecialTokens: true });
+process.stdout.write('generated: ');
+peft.generate([prompt], {
+  maxNewTokens: 24, // stops earlier at the config's eos_token_id
+  temperature: 0.8,
+  topK: 40,
+  seed: 0,
+  onStep: ({ tokens }) => process.stdout.write(decoder.push(tokens[0])),
+});
+console.log(decoder.flush());

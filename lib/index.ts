@@ -17,6 +17,7 @@ export * as adapters from './adapters/index';
 export * as distributed from './distributed/index';
 export * as models from './models/index';
 export * as tokenizers from './tokenizers/index';
+export * as generation from './generation/index';
 export {
   injectAdapter,
   saveAdapter,

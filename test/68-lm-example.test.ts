@@ -1,9 +1,10 @@
 /**
- * The README's language-model example is examples/finetune-lm.js, verbatim,
- * and it runs: on a tiny LLaMA checkpoint with a byte-level tokenizer, as a
- * user would run it (node, require('tera-peft'), the three arguments), it
- * trains TeRA on q_proj and v_proj, lowers the loss and saves an adapter that
- * loads back.
+ * The README's language-model example runs as pasted: the test takes the block
+ * out of README.md (it is also examples/finetune-lm.js, verbatim) and runs it on
+ * a tiny LLaMA checkpoint with a byte-level tokenizer, as a user would (node,
+ * require('tera-peft'), the three arguments). It trains TeRA on q_proj and
+ * v_proj, lowers the loss, saves an adapter that loads back, and prints the
+ * text it generates with it, which the saved adapter reproduces.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -26,15 +27,27 @@ afterEach(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('the README shows examples/finetune-lm.js as it is', () => {
+/** The README's block that fine-tunes a language model (the one that starts with its title comment). */
+function readmeExample(): string {
   const readme = fs.readFileSync(path.join(repo, 'README.md'), 'utf8');
   const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
-  expect(blocks).toContain(fs.readFileSync(example, 'utf8'));
+  const found = blocks.filter((block) => block.startsWith('// Fine-tunes a language model'));
+  expect(found).toHaveLength(1);
+  return found[0];
+}
+
+test('the README shows examples/finetune-lm.js as it is', () => {
+  expect(readmeExample()).toBe(fs.readFileSync(example, 'utf8'));
 });
 
-test('the example fine-tunes a checkpoint folder on a text file and saves an adapter that loads', () => {
-  const fixture = writeTinyLlama(path.join(dir, 'llama'), { config: { vocab_size: 259, max_position_embeddings: 32 } });
-  tera.tokenizers.byteLevelTokenizer({ bosToken: '<s>', eosToken: '</s>', padToken: '<pad>' }).save(fixture.dir);
+test("the README's example fine-tunes a checkpoint folder on a text file, saves an adapter and generates with it", () => {
+  const script = path.join(dir, 'readme-example.js');
+  fs.writeFileSync(script, readmeExample());
+  const tokenizer = tera.tokenizers.byteLevelTokenizer({ bosToken: '<s>', eosToken: '</s>', padToken: '<pad>' });
+  const fixture = writeTinyLlama(path.join(dir, 'llama'), {
+    config: { vocab_size: 259, max_position_embeddings: 64, eos_token_id: tokenizer.eosTokenId },
+  });
+  tokenizer.save(fixture.dir);
   const text = path.join(dir, 'train.txt');
   fs.writeFileSync(text, 'the quick brown fox jumps over the lazy dog. '.repeat(40));
   const adapter = path.join(dir, 'adapter');
@@ -45,7 +58,7 @@ test('the example fine-tunes a checkpoint folder on a text file and saves an ada
       'tsx/cjs',
       '--require',
       path.join(__dirname, 'helpers', 'tera-peft-alias.cjs'),
-      example,
+      script,
       fixture.dir,
       text,
       adapter,
@@ -66,5 +79,13 @@ test('the example fine-tunes a checkpoint folder on a text file and saves an ada
     'model.layers.1.self_attn.q_proj',
     'model.layers.1.self_attn.v_proj',
   ]);
+  // What it printed is what the saved adapter generates (merged, as in the example).
+  const printed = /^generated: (.*)$/m.exec(result.stdout);
+  expect(printed).not.toBeNull();
+  peft.mergeAdapter();
+  const prompt = tokenizer.encode('the quick').ids;
+  const { newTokens } = peft.generate([prompt], { maxNewTokens: 24, temperature: 0.8, topK: 40, seed: 0 });
+  expect(newTokens[0].length).toBeGreaterThan(0);
+  expect(printed![1]).toBe(tokenizer.decode(newTokens[0], { skipSpecialTokens: true }).split('\n')[0]);
   model.dispose();
 });

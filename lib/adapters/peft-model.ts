@@ -6,6 +6,15 @@
  * scope (PEFT's `with model.disable_adapter():`).
  */
 import type { Parameter, Var } from '../autograd/var';
+import {
+  type GenerateOptions,
+  type GenerateOutput,
+  type GenerationStep,
+  generate,
+  generateStream,
+  isGenerativeModel,
+} from '../generation/generate';
+import type { TokenIds } from '../models/inputs';
 import { Module } from '../nn/module';
 import type { AdapterConfig } from './config';
 import type { AdapterLinear } from './layer';
@@ -56,6 +65,16 @@ export class PeftModel<M extends Module = Module> {
   forward(...args: Parameters<M['forward']>): Var {
     const forward = this.model.forward as (...a: Parameters<M['forward']>) => Var;
     return forward.apply(this.model, args);
+  }
+
+  /** The language model's generate() with the adapters as they are (merged or not). */
+  generate(ids: TokenIds, options: GenerateOptions): GenerateOutput {
+    return generate(this.#languageModel('generate'), ids, options);
+  }
+
+  /** The language model's generateStream() with the adapters as they are. */
+  generateStream(ids: TokenIds, options: GenerateOptions): AsyncGenerator<GenerationStep, GenerateOutput, undefined> {
+    return generateStream(this.#languageModel('generateStream'), ids, options);
   }
 
   namedParameters(): [string, Parameter][] {
@@ -202,6 +221,16 @@ export class PeftModel<M extends Module = Module> {
 
   toString(): string {
     return `PeftModel(active=[${this.activeAdapters.join(', ')}], adapters=[${this.adapterNames.join(', ')}])\n${this.model}`;
+  }
+
+  #languageModel(what: string) {
+    const model: unknown = this.model;
+    if (!isGenerativeModel(model)) {
+      throw new Error(
+        `${what} needs a language model (tera.models.CausalLM); this PeftModel wraps a ${this.model.constructor.name}`,
+      );
+    }
+    return model;
   }
 
   #require(adapterName: string): void {

@@ -10,9 +10,16 @@
  * the in-memory layout.
  */
 import { type Input, reshape } from '../autograd/ops';
-import { crossEntropy } from '../autograd/transformer';
+import { crossEntropy, split } from '../autograd/transformer';
 import type { Var } from '../autograd/var';
 import { AdapterLinear } from '../adapters/layer';
+import {
+  type GenerateOptions,
+  type GenerateOutput,
+  type GenerationStep,
+  generate,
+  generateStream,
+} from '../generation/generate';
 import type { WritableDtype } from '../io/safetensors';
 import { Conv1D } from '../nn/layers';
 import { Module } from '../nn/module';
@@ -103,6 +110,34 @@ export abstract class CausalLM extends Module {
   forward(ids: Input | TokenIds, options: ForwardOptions = {}): Var {
     const trunk = this.getSubmodule(this.trunkName) as Trunk;
     return this.getSubmodule('lm_head').forward(trunk.forward(ids, options));
+  }
+
+  /**
+   * Logits [batch, vocab] of each row's last token only (transformers'
+   * logits_to_keep=1): what generation chooses the next token from, without
+   * running lm_head over the whole prompt. Options as forward().
+   */
+  lastTokenLogits(ids: Input | TokenIds, options: ForwardOptions = {}): Var {
+    const trunk = this.getSubmodule(this.trunkName) as Trunk;
+    const hidden = trunk.forward(ids, options);
+    const [batch, tokens, width] = hidden.shape;
+    const last = tokens === 1 ? hidden : split(hidden, [tokens - 1, 1], 1)[1];
+    return this.getSubmodule('lm_head').forward(reshape(last, [batch, width]));
+  }
+
+  /**
+   * Generates up to options.maxNewTokens tokens after each row of `ids`: greedy
+   * at temperature 0, else sampled (topK, topP, seed), with a KV cache, left
+   * padding through options.attentionMask, stopping at eos_token_id. See
+   * generation/generate.ts and docs/language-models.md.
+   */
+  generate(ids: TokenIds, options: GenerateOptions): GenerateOutput {
+    return generate(this, ids, options);
+  }
+
+  /** generate() as an async iterator of steps, one per new token: `for await (const step of model.generateStream(...))`. */
+  generateStream(ids: TokenIds, options: GenerateOptions): AsyncGenerator<GenerationStep, GenerateOutput, undefined> {
+    return generateStream(this, ids, options);
   }
 
   /**
