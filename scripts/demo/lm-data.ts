@@ -26,9 +26,25 @@ export function brownTokenizer(): Tokenizer {
   return byteLevelTokenizer({ bosToken: END_OF_TEXT, eosToken: END_OF_TEXT });
 }
 
-/** The texts' ids, one array per file (no special tokens). */
+/** Every byte class the corpus has (tab, newline, printable ASCII) and a multi-byte character. */
+const BYTE_PROBE = `\t\n${Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)).join('')}\u00e9\u2014`;
+
+/**
+ * The texts' ids, one array per file (no special tokens). The tokenizer must
+ * be byte-level (each UTF-8 byte its own id, as the base was trained): checked
+ * on a probe text, the corpus is then read as its UTF-8 bytes directly, which
+ * gives the same ids as tokenizer.encode at a 3,000th of its time (measured:
+ * 39 s for the 4.3 MB of non-fiction through @huggingface/tokenizers).
+ */
 export function encodeTexts(tokenizer: Tokenizer, texts: readonly BrownText[]): Int32Array[] {
-  return texts.map((t) => Int32Array.from(tokenizer.encode(t.text, { addSpecialTokens: false }).ids));
+  const probe = tokenizer.encode(BYTE_PROBE, { addSpecialTokens: false }).ids;
+  const bytes = Array.from(Buffer.from(BYTE_PROBE, 'utf8'));
+  if (probe.length !== bytes.length || probe.some((id, i) => id !== bytes[i])) {
+    throw new Error(
+      'the tokenizer is not byte-level (ids 0-255 for the UTF-8 bytes): the Brown base model reads bytes',
+    );
+  }
+  return texts.map((t) => Int32Array.from(Buffer.from(t.text, 'utf8')));
 }
 
 /** The files' ids in one stream, each file followed by `separator` (the end-of-text id). */

@@ -15,6 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 
 import { SingleBar } from 'cli-progress';
+import cliui from 'cliui';
 
 import { type Device, type DeviceRequest, autograd, io, models, resolveDevice } from '../../lib';
 import type { CausalLM } from '../../lib/models';
@@ -77,8 +78,26 @@ const DEFAULTS: Record<MethodName, { spec: AdapterSpec; lr: number }> = {
   full: { spec: { method: 'full' }, lr: 1e-3 },
 };
 
-/** The prompt every model continues in the side-by-side comparison. */
+/** The prompt every model continues in the side-by-side comparison, and how: sampled, the same seed for every model. */
 export const PROMPT = 'She opened the door and saw';
+const CONTINUATION = Object.freeze({ maxNewTokens: 80, temperature: 0.7, topK: 20, seed: 0 });
+
+/** The prompt continued by `model` (stopping early at <|endoftext|>). */
+function continuePrompt(model: CausalLM, tokenizer: Tokenizer): string {
+  const prompt = tokenizer.encode(PROMPT, { addSpecialTokens: false }).ids;
+  const { newTokens } = model.generate([prompt], CONTINUATION);
+  return tokenizer.decode(newTokens[0], { skipSpecialTokens: true });
+}
+
+/** Continuations printed as columns, one per model, each wrapped to its column. */
+export function sideBySide(columns: readonly { title: string; text: string }[], width: number): string {
+  const ui = cliui({ width });
+  const columnWidth = Math.floor(width / columns.length);
+  const cell = (text: string) => ({ text, width: columnWidth, padding: [0, 2, 0, 0] });
+  ui.div(...columns.map((c) => cell(c.title)));
+  ui.div(...columns.map((c) => cell(`${PROMPT}${c.text}`.replace(/\n/g, ' / '))));
+  return ui.toString();
+}
 
 export interface LmDemoOptions {
   methods: MethodName[];
@@ -101,7 +120,7 @@ Adapts a byte-level GPT-2 pretrained on the Brown corpus's non-fiction
 fine-tuning; reports bits per byte on held-out fiction files.
 
   --methods LIST      comma-separated, from ${METHOD_NAMES.join(', ')} (default: all)
-  --steps N           optimiser steps per method (default 150)
+  --steps N           optimiser steps per method (default 100)
   --batch-size N      windows of 128 bytes per step (default 8)
   --eval-windows N    held-out windows scored (default 256)
   --sweep             the parameter-budget study: every method at several sizes,
@@ -118,7 +137,7 @@ export function parseLmDemoArgs(argv: readonly string[]): LmDemoOptions {
     args: [...argv],
     options: {
       methods: { type: 'string', default: METHOD_NAMES.join(',') },
-      steps: { type: 'string', default: '150' },
+      steps: { type: 'string', default: '100' },
       'batch-size': { type: 'string', default: '8' },
       'eval-windows': { type: 'string', default: '256' },
       device: { type: 'string', default: 'auto' },
@@ -248,6 +267,8 @@ export interface LmMethodResult {
   lossStart: number;
   lossEnd: number;
   losses: number[];
+  /** The prompt continued by the adapted model. */
+  continuation: string;
 }
 
 export interface LmDemoResults {
@@ -257,7 +278,7 @@ export interface LmDemoResults {
   context: number;
   files: LmData['files'];
   testWindows: number;
-  base: { parameters: number; pretrainingSeconds: number; nonFictionBitsPerByte: number };
+  base: { parameters: number; pretrainingSeconds: number; nonFictionBitsPerByte: number; continuation: string };
   methods: LmMethodResult[];
   totalSeconds: number;
 }
@@ -286,6 +307,7 @@ function runMethod(
   const reloaded = loadBase(options, device);
   method.load(reloaded, dir);
   const bitsPerByteAfter = bitsPerByte(reloaded, data.test, EVAL_BATCH);
+  const continuation = continuePrompt(reloaded, data.tokenizer);
   reloaded.dispose();
   const tenth = Math.max(1, Math.floor(result.losses.length / 10));
   return {
@@ -301,6 +323,7 @@ function runMethod(
     lossStart: mean(result.losses.slice(0, tenth)),
     lossEnd: mean(result.losses.slice(-tenth)),
     losses: result.losses,
+    continuation,
   };
 }
 
@@ -319,11 +342,28 @@ export function lmResultsTable(results: LmDemoResults): string {
   );
 }
 
+function continuationSettings(): string {
+  const { maxNewTokens, temperature, topK, seed } = CONTINUATION;
+  return `${maxNewTokens} bytes sampled at temperature ${temperature}, top-k ${topK}, seed ${seed}`;
+}
+
+function continuations(results: LmDemoResults): { title: string; text: string }[] {
+  return [
+    { title: 'base (non-fiction)', text: results.base.continuation },
+    ...results.methods.map((r) => ({ title: r.label, text: r.continuation })),
+  ];
+}
+
 function writeOutputs(results: LmDemoResults, outDir: string): void {
   const title =
     `Brown fiction (k-r): bits per byte on ${results.testWindows} windows of ${results.context} bytes ` +
     `from ${results.files.test} held-out files, after ${results.steps} steps of ${results.batchSize} windows`;
-  io.writeFileAtomic(path.join(outDir, 'results.md'), `${title}\n\n${lmResultsTable(results)}\n`);
+  const samples = markdownTable(
+    ['model', `"${PROMPT}" continued (${continuationSettings()})`],
+    continuations(results).map((c) => [c.title, JSON.stringify(c.text).slice(1, -1).replace(/\|/g, '\\|')]),
+    ['left', 'left'],
+  );
+  io.writeFileAtomic(path.join(outDir, 'results.md'), `${title}\n\n${lmResultsTable(results)}\n\n${samples}\n`);
   const { methods, ...summary } = results;
   const compact = methods.map((r) => ({ ...r, losses: undefined }));
   io.writeFileAtomic(
@@ -357,6 +397,7 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
   const data = loadData(options, base.config.maxPositions);
   const parameters = base.numParameters();
   const before = bitsPerByte(base, data.test, EVAL_BATCH);
+  const baseContinuation = continuePrompt(base, data.tokenizer);
   base.dispose();
   log(
     `base: byte-level GPT-2, ${parameters.toLocaleString('en-US')} parameters, pretrained on non-fiction ` +
@@ -376,6 +417,7 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
       parameters,
       pretrainingSeconds: record.trainingSeconds,
       nonFictionBitsPerByte: record.validationBitsPerByte,
+      continuation: baseContinuation,
     },
     methods,
     totalSeconds: 0,
@@ -384,7 +426,8 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
   fs.mkdirSync(options.outDir, { recursive: true });
   writeOutputs(results, options.outDir);
   log(`\n${lmResultsTable(results)}\n`);
-  log(`prompt continuation: waits for the library's generate() (issue 11, item 6), not yet merged here`);
+  log(`"${PROMPT}" continued by each model (${continuationSettings()}):\n`);
+  log(sideBySide(continuations(results), Math.max(100, process.stdout.columns ?? 120)));
   log(`total ${results.totalSeconds.toFixed(1)} s; table, loss curves and adapters in ${options.outDir}/`);
   return results;
 }
@@ -396,8 +439,8 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
  * alpha = 2r, the default's scale); full fine-tuning for reference.
  */
 export function lmSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
-  const teraRank = 'TeRA, full rank (modes <= m)';
-  const teraOrder2 = 'TeRA, order 2 (rank <= r)';
+  const teraRank = 'TeRA (modes <= m)';
+  const teraOrder2 = 'TeRA order 2 (rank <= r)';
   const points: SweepPoint[] = [
     ...[16, 32, 64, 512].map((m) => ({
       family: teraRank,

@@ -326,8 +326,8 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
  * the default run's learning rate.
  */
 export function mnistSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
-  const teraRank = 'TeRA, full rank (modes <= m)';
-  const teraOrder2 = 'TeRA, order 2 (rank <= r)';
+  const teraRank = 'TeRA (modes <= m)';
+  const teraOrder2 = 'TeRA order 2 (rank <= r)';
   const points: SweepPoint[] = [
     ...[16, 32, 64, 128, 1024].map((m) => ({
       family: teraRank,
