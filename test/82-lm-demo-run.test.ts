@@ -245,7 +245,7 @@ describe('LM demo smoke run (tiny budget)', () => {
     const table = fs.readFileSync(path.join(outDir, 'results.md'), 'utf8');
     expect(table).toMatch(/\| method +\| trainable params \| bits\/byte before \| bits\/byte after \| s \/ step \|/);
     for (const label of ['TeRA', 'VeRA', 'LoRA', 'full fine-tuning', 'base (non-fiction)']) {
-      expect(table).toMatch(new RegExp(`^\\| ${label} +\\|`, 'm'));
+      expect(table).toMatch(new RegExp(`^\\| ${label.replace(/[()]/g, '\\$&')} +\\|`, 'm'));
     }
     const printed = lines.join('\n');
     expect(printed).toContain(`"${PROMPT}" continued by each model`);
