@@ -4,8 +4,10 @@
  * its fiction genres with TeRA, VeRA and LoRA on every projection, and with
  * full fine-tuning for reference. Reports bits per byte on held-out fiction
  * files before and after, trainable parameters, seconds per step and the
- * saved file's size; writes the table, the loss curves (SVG) and every
- * adapter to the output folder. With --sweep, the parameter-budget study
+ * saved file's size; continues one prompt with the base and every adapted
+ * model (generate(), the same seed for all) and prints them side by side;
+ * writes the table, the loss curves (SVG) and every adapter to the output
+ * folder. With --sweep, the parameter-budget study
  * (sweep.ts) on the same task, learning rates chosen on the validation files.
  * Flags: see LM_USAGE (npm run demo:lm -- --help).
  */
@@ -67,9 +69,11 @@ const FULL: FullWeights<CausalLM> = {
 const handlers = (spec: AdapterSpec) => methodHandlers<CausalLM>(spec, TARGET_MODULES, FULL);
 
 /**
- * The default run of each method; learning rates chosen on the validation
- * fiction files by the sweep (npm run demo:lm -- --sweep), never on the test
- * files.
+ * The default run of each method. The learning rates are the usual ones for
+ * each kind of parameter (scaling vectors large, matrices small), set before
+ * any search; they are also where the sweep's search starts, and the sweep
+ * chooses on the validation files, never on the test files (docs/demo-lm.md
+ * has what it picked).
  */
 const DEFAULTS: Record<MethodName, { spec: AdapterSpec; lr: number }> = {
   tera: { spec: { method: 'tera' }, lr: 3e-2 },

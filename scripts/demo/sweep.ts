@@ -30,7 +30,7 @@ export const LR_LADDER = Object.freeze([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1,
 const MAX_EXTRA_RUNGS = 3;
 
 export interface SweepPoint {
-  /** Its line in the chart, e.g. 'TeRA, full rank'. */
+  /** Its line in the chart, e.g. 'TeRA (modes <= m)'. */
   family: string;
   spec: AdapterSpec;
   /** Its place on that line, drawn next to its marker, e.g. 'm 32'. */
