@@ -71,8 +71,9 @@ const handlers = (spec: AdapterSpec) => methodHandlers<CausalLM>(spec, TARGET_MO
 /**
  * The default run of each method. Learning rates chosen on the validation
  * fiction files, never on the test files, by the sweep (npm run demo:lm --
- * --sweep --steps 50 --eval-windows 128): 0.1 for TeRA and VeRA at every size,
- * 0.01 for LoRA r 1 and r 4 (0.003 at r 16), 3e-4 for full fine-tuning.
+ * --sweep --steps 50 --eval-windows 128): 0.1 for TeRA (0.03 at order 2, full
+ * rank) and for VeRA at every size, 0.01 for LoRA r 1 and r 4 (0.003 at
+ * r 16), 3e-4 for full fine-tuning.
  */
 const DEFAULTS: Record<MethodName, { spec: AdapterSpec; lr: number }> = {
   tera: { spec: { method: 'tera' }, lr: 1e-1 },
