@@ -1,13 +1,12 @@
 /**
- * Command-line flags of the demo (node's own parseArgs), checked up front so a
- * typo fails in the first second rather than after minutes of training.
+ * Command-line flags of the MNIST demo (node's own parseArgs), checked up
+ * front so a typo fails in the first second rather than after minutes of
+ * training, and the checks both demos' flags share.
  */
 import { parseArgs } from 'node:util';
 
 import type { DeviceRequest } from '../../lib';
-
-export const METHOD_NAMES = ['tera', 'vera', 'lora', 'full'] as const;
-export type MethodName = (typeof METHOD_NAMES)[number];
+import { METHOD_NAMES, type MethodName } from './methods';
 
 export interface DemoOptions {
   methods: MethodName[];
@@ -21,6 +20,8 @@ export interface DemoOptions {
   outDir: string;
   /** Data-parallel over the ranks of an mpirun job (tera.distributed). */
   distributed: boolean;
+  /** The parameter-budget study instead of the four default runs. */
+  sweep: boolean;
   help: boolean;
 }
 
@@ -31,6 +32,11 @@ TeRA, VeRA and LoRA, and with full fine-tuning for reference.
 
   --methods LIST     comma-separated, from ${METHOD_NAMES.join(', ')} (default: all)
   --epochs N         training epochs per method (default 10)
+  --sweep            the parameter-budget study: every method at several sizes,
+                     learning rates chosen on 1500 validation digits held out of
+                     the training digits, scored on the test digits; writes
+                     sweep.md, sweep.json and sweep.svg into OUT/sweep, and caches
+                     every run there (rerun to resume; about an hour on 2 cores)
   --device D         cpu, cuda or auto (default auto: the GPU when one is usable;
                      with --distributed the default is cpu, and cuda uses NCCL)
   --rotate DEG       rotation of the shifted task, degrees (default 90)
@@ -42,10 +48,26 @@ TeRA, VeRA and LoRA, and with full fine-tuning for reference.
                      (each rank trains on its part of every batch; rank 0 reports)
   --help             show this text`;
 
-function positiveInteger(value: string, flag: string): number {
+export function positiveInteger(value: string, flag: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${value}'`);
   return n;
+}
+
+/** --methods: a comma-separated list of METHOD_NAMES, in the order given, without repeats. */
+export function parseMethods(value: string): MethodName[] {
+  const methods = value.split(',').map((m) => m.trim().toLowerCase());
+  const unknown = methods.filter((m) => !(METHOD_NAMES as readonly string[]).includes(m));
+  if (unknown.length > 0 || methods.length === 0) {
+    throw new Error(`--methods: unknown method '${unknown.join(', ')}'; choose from ${METHOD_NAMES.join(', ')}`);
+  }
+  return [...new Set(methods)] as MethodName[];
+}
+
+/** --device: cpu, cuda or auto (whether CUDA is usable is checked when the demo resolves it). */
+export function parseDevice(value: string): DeviceRequest {
+  if (!['cpu', 'cuda', 'auto'].includes(value)) throw new Error(`--device must be cpu, cuda or auto, got '${value}'`);
+  return value as DeviceRequest;
 }
 
 export function parseDemoArgs(argv: readonly string[]): DemoOptions {
@@ -60,36 +82,32 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
       'train-limit': { type: 'string' },
       out: { type: 'string', default: '.cache/demo' },
       distributed: { type: 'boolean', default: false },
+      sweep: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
     allowPositionals: false,
   });
-  const methods = values.methods.split(',').map((m) => m.trim().toLowerCase());
-  const unknown = methods.filter((m) => !(METHOD_NAMES as readonly string[]).includes(m));
-  if (unknown.length > 0 || methods.length === 0) {
-    throw new Error(`--methods: unknown method '${unknown.join(', ')}'; choose from ${METHOD_NAMES.join(', ')}`);
-  }
+  const methods = parseMethods(values.methods);
   // The engine (MPI or NCCL) is chosen before CUDA may start, so a distributed run names its device.
-  const device = values.device ?? (values.distributed ? 'cpu' : 'auto');
-  if (!['cpu', 'cuda', 'auto'].includes(device)) {
-    throw new Error(`--device must be cpu, cuda or auto, got '${device}'`);
-  }
+  const device = parseDevice(values.device ?? (values.distributed ? 'cpu' : 'auto'));
   if (values.distributed && device === 'auto') {
     throw new Error('--distributed needs --device cpu (MPI) or --device cuda (NCCL, one GPU per rank)');
   }
+  if (values.sweep && values.distributed) throw new Error('--sweep runs in one process; leave out --distributed');
   const rotate = Number(values.rotate);
   if (!Number.isFinite(rotate)) throw new Error(`--rotate must be a number of degrees, got '${values.rotate}'`);
   return {
-    methods: [...new Set(methods)] as MethodName[],
+    methods,
     epochs: positiveInteger(values.epochs, '--epochs'),
-    device: device as DeviceRequest,
+    device,
     rotate,
     batchSize: positiveInteger(values['batch-size'], '--batch-size'),
     trainLimit:
       values['train-limit'] === undefined ? undefined : positiveInteger(values['train-limit'], '--train-limit'),
     outDir: values.out,
     distributed: values.distributed,
+    sweep: values.sweep,
     help: values.help,
   };
 }

@@ -24,6 +24,8 @@ export interface Split {
 
 /** The split the shipped base weights were pretrained on; changing it would leak test digits. */
 export const SPLIT = Object.freeze({ seed: 2024, testCount: 2000 });
+/** Training digits held out to choose learning rates and settings (the sweep trains on the rest). */
+export const VALIDATION_COUNT = 1500;
 
 interface MnistClass {
   raw: number[];
@@ -69,6 +71,21 @@ export function splitDigits(digits: Digits): Split {
   const order = permutation(digits.count, SPLIT.seed);
   const trainCount = digits.count - SPLIT.testCount;
   return { train: select(digits, order.subarray(0, trainCount)), test: select(digits, order.subarray(trainCount)) };
+}
+
+/**
+ * The training digits split for choosing settings: the last VALIDATION_COUNT
+ * (a random subset, the training digits being in shuffled order) validate, the
+ * others train. The test digits stay out of every choice.
+ */
+export function holdOutValidation(train: Digits): { train: Digits; validation: Digits } {
+  const trainCount = train.count - VALIDATION_COUNT;
+  if (trainCount < 1) throw new Error(`holdOutValidation: ${train.count} digits leave none to train on`);
+  const indices = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
+  return {
+    train: select(train, indices(0, trainCount)),
+    validation: select(train, indices(trainCount, train.count)),
+  };
 }
 
 /** The first `count` digits (all of them when count is undefined or larger). */

@@ -14,22 +14,13 @@ import { performance } from 'node:perf_hooks';
 
 import { SingleBar } from 'cli-progress';
 
-import {
-  type Device,
-  LoraConfig,
-  distributed as dist,
-  TeraConfig,
-  VeraConfig,
-  injectAdapter,
-  io,
-  loadAdapter,
-  type nn,
-  resolveDevice,
-  saveAdapter,
-} from '../../lib';
+import { type Device, distributed as dist, io, type nn, resolveDevice } from '../../lib';
 import { lineChartSvg, smooth } from './chart';
-import { type DemoOptions, type MethodName, USAGE, parseDemoArgs } from './cli';
-import { type Digits, SPLIT, head, loadMnist, rotate, splitDigits } from './data';
+import { type DemoOptions, USAGE, parseDemoArgs } from './cli';
+import { type Digits, SPLIT, VALIDATION_COUNT, head, holdOutValidation, loadMnist, rotate, splitDigits } from './data';
+import { median } from './loop';
+import { type AdapterSpec, type FullWeights, type MethodName, frozenSharedValues, methodHandlers } from './methods';
+import { type SweepPoint, type SweepRow, type SweepTask, runSweep, sweepTable, writeSweepOutputs } from './sweep';
 import { formatBytes, formatPercent, markdownTable } from './table';
 import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from './train';
 
@@ -37,54 +28,29 @@ import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from
 const TARGET_MODULES = ['0', '2', '4'];
 const FULL_WEIGHTS = 'model.safetensors';
 
-interface Method {
-  label: string;
-  lr: number;
-  /** Readies a fresh base model for training; returns what to optimise. */
-  prepare(model: nn.MLP): nn.Parameter[];
-  /** Saves what was trained into `dir`; returns the weights file. */
-  save(model: nn.MLP, dir: string): string;
-  /** Applies the files in `dir` to a fresh base model. */
-  load(model: nn.MLP, dir: string): void;
-}
+const FULL: FullWeights<nn.MLP> = {
+  save: (model, dir) => {
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, FULL_WEIGHTS);
+    model.saveSafetensors(file);
+    return file;
+  },
+  load: (model, dir) => void model.loadSafetensors(path.join(dir, FULL_WEIGHTS)),
+};
 
-function adapterMethod(label: string, lr: number, config: () => TeraConfig | VeraConfig | LoraConfig): Method {
-  return {
-    label,
-    lr,
-    prepare: (model) => injectAdapter(model, config()).trainableParameters(),
-    save: (model, dir) => saveAdapter(model, dir).weightsPath,
-    load: (model, dir) => void loadAdapter(model, dir),
-  };
-}
+const handlers = (spec: AdapterSpec) => methodHandlers<nn.MLP>(spec, TARGET_MODULES, FULL);
 
 /**
- * Learning rates chosen once by validation accuracy after 10 epochs, training
- * on 6500 rotated training digits and validating on the other 1500 (never on
- * the test digits). The methods that train only scaling vectors (TeRA, VeRA)
+ * The default run of each method. Learning rates chosen by validation accuracy
+ * after 10 epochs on the training digits less the validation digits (never on
+ * the test digits); the methods that train only scaling vectors (TeRA, VeRA)
  * want much larger steps than matrices do.
  */
-const METHODS: Record<MethodName, Method> = {
-  tera: adapterMethod('TeRA', 1e-1, () => new TeraConfig({ targetModules: TARGET_MODULES, seed: 0 })),
-  // Only tera-peft reads these files, which regenerates VeRA's projections: store just the trained vectors.
-  vera: adapterMethod(
-    'VeRA',
-    1e-1,
-    () => new VeraConfig({ targetModules: TARGET_MODULES, r: 256, seed: 0, saveProjection: false }),
-  ),
-  lora: adapterMethod('LoRA', 1e-2, () => new LoraConfig({ targetModules: TARGET_MODULES, r: 8, alpha: 16, seed: 0 })),
-  full: {
-    label: 'full fine-tuning',
-    lr: 3e-3,
-    prepare: (model) => model.requiresGrad(true).parameters(),
-    save: (model, dir) => {
-      fs.mkdirSync(dir, { recursive: true });
-      const file = path.join(dir, FULL_WEIGHTS);
-      model.saveSafetensors(file);
-      return file;
-    },
-    load: (model, dir) => void model.loadSafetensors(path.join(dir, FULL_WEIGHTS)),
-  },
+const DEFAULTS: Record<MethodName, { spec: AdapterSpec; lr: number }> = {
+  tera: { spec: { method: 'tera' }, lr: 1e-1 },
+  vera: { spec: { method: 'vera', r: 256 }, lr: 1e-1 },
+  lora: { spec: { method: 'lora', r: 8, alpha: 16 }, lr: 1e-2 },
+  full: { spec: { method: 'full' }, lr: 3e-3 },
 };
 
 export interface MethodResult {
@@ -141,11 +107,6 @@ function mean(values: readonly number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
 /** Saves the trained model, and measures the accuracy of the saved files applied to a fresh base. */
 function evaluate(
   name: MethodName,
@@ -154,7 +115,7 @@ function evaluate(
   device: Device,
   test: Digits,
 ): { accuracyAfter: number; weightsFile: string } {
-  const method = METHODS[name];
+  const method = handlers(DEFAULTS[name].spec);
   const dir = path.join(options.outDir, 'adapters', name);
   const weightsFile = method.save(model, dir);
   const inMemory = accuracy(model, test, device);
@@ -169,6 +130,38 @@ function evaluate(
   return { accuracyAfter, weightsFile };
 }
 
+/** Trains `params` of `model` on `digits` with a progress bar titled `title` (shown when `reporting`). */
+function trainWithProgress(
+  title: string,
+  model: nn.MLP,
+  params: nn.Parameter[],
+  digits: Digits,
+  lr: number,
+  options: DemoOptions,
+  device: Device,
+  reporting: boolean,
+): TrainResult {
+  const bar = new SingleBar({
+    format: `${title.padEnd(16)} [{bar}] {percentage}% | epoch {epoch}/${options.epochs} | loss {loss} | {duration_formatted}`,
+    hideCursor: true,
+  });
+  if (reporting) bar.start(options.epochs * Math.ceil(digits.count / options.batchSize), 0, { epoch: 1, loss: '-' });
+  try {
+    // Stopped even on failure, so the terminal gets its cursor back.
+    return train(model, params, digits, {
+      epochs: options.epochs,
+      batchSize: options.batchSize,
+      lr,
+      device,
+      seed: 1,
+      onBatch: (epoch, _batch, loss) => reporting && bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
+      distributed: options.distributed,
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
 /** Trains one method; returns its results (on rank 0 only when distributed). */
 function runMethod(
   name: MethodName,
@@ -177,7 +170,7 @@ function runMethod(
   data: { train: Digits; test: Digits },
   accuracyBefore: number,
 ): MethodResult | null {
-  const method = METHODS[name];
+  const method = handlers(DEFAULTS[name].spec);
   const model = loadBase(device);
   const params = method.prepare(model);
   const trainableParameters = params.reduce((n, p) => n + p.size, 0);
@@ -187,26 +180,16 @@ function runMethod(
     dist.verifyModel(model); // every rank built the same model
     dist.resetStats();
   }
-  const bar = new SingleBar({
-    format: `${method.label.padEnd(16)} [{bar}] {percentage}% | epoch {epoch}/${options.epochs} | loss {loss} | {duration_formatted}`,
-    hideCursor: true,
-  });
-  if (reporting) bar.start(options.epochs * batchesPerEpoch, 0, { epoch: 1, loss: '-' });
-  let result: TrainResult;
-  try {
-    // Stopped even on failure, so the terminal gets its cursor back.
-    result = train(model, params, data.train, {
-      epochs: options.epochs,
-      batchSize: options.batchSize,
-      lr: method.lr,
-      device,
-      seed: 1,
-      onBatch: (epoch, _batch, loss) => reporting && bar.increment({ epoch: epoch + 1, loss: loss.toFixed(3) }),
-      distributed: options.distributed,
-    });
-  } finally {
-    bar.stop();
-  }
+  const result = trainWithProgress(
+    method.label,
+    model,
+    params,
+    data.train,
+    DEFAULTS[name].lr,
+    options,
+    device,
+    reporting,
+  );
   let communication: MethodResult['communication'] = null;
   if (options.distributed) {
     const steps = options.epochs * batchesPerEpoch;
@@ -335,6 +318,118 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
   return results;
 }
 
+/**
+ * The study's points: TeRA from the default high-order modes to order 2 (the
+ * 784 inputs and 128 outputs of the first layer each one mode) at full Tucker
+ * rank, then order 2 at lower ranks; VeRA and LoRA by r (LoRA with alpha = 2r,
+ * the default's scale); full fine-tuning for reference. Each search starts at
+ * the default run's learning rate.
+ */
+export function mnistSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
+  const teraRank = 'TeRA (modes <= m)';
+  const teraOrder2 = 'TeRA order 2 (rank <= r)';
+  const points: SweepPoint[] = [
+    ...[16, 32, 64, 128, 1024].map((m) => ({
+      family: teraRank,
+      spec: { method: 'tera', maxModeSize: m, maxRank: m } as const,
+      tag: `m ${m}`,
+      lr: DEFAULTS.tera.lr,
+    })),
+    ...[8, 16, 32, 64, 128].map((r) => ({
+      family: teraOrder2,
+      spec: { method: 'tera', maxModeSize: 1024, maxRank: r } as const,
+      tag: `r ${r}`,
+      lr: DEFAULTS.tera.lr,
+    })),
+    ...[16, 64, 256, 1024].map((r) => ({
+      family: 'VeRA (r)',
+      spec: { method: 'vera', r } as const,
+      tag: `r ${r}`,
+      lr: DEFAULTS.vera.lr,
+    })),
+    ...[1, 2, 4, 8, 16, 32].map((r) => ({
+      family: 'LoRA (r)',
+      spec: { method: 'lora', r, alpha: 2 * r } as const,
+      tag: `r ${r}`,
+      lr: DEFAULTS.lora.lr,
+    })),
+    { family: 'full fine-tuning', spec: { method: 'full' }, tag: '', lr: DEFAULTS.full.lr },
+  ];
+  return points.filter((p) => methods.includes(p.spec.method));
+}
+
+const ACCURACY = { name: 'accuracy', higherIsBetter: true, format: formatPercent };
+
+/**
+ * npm run demo -- --sweep: trains every point on the rotated training digits
+ * less the validation digits, picks each learning rate by validation accuracy,
+ * and scores the pick on the test digits. `points` defaults to the full study.
+ */
+export function runMnistSweep(
+  options: DemoOptions,
+  log: (line: string) => void = console.log,
+  points = mnistSweepPoints(options.methods),
+): SweepRow[] {
+  const device = resolveDevice(options.device);
+  checkBaseWeights();
+  const split = splitDigits(loadMnist());
+  const { train: sweepTrain, validation } = holdOutValidation(rotate(split.train, options.rotate));
+  const trainDigits = head(sweepTrain, options.trainLimit);
+  const test = rotate(split.test, options.rotate);
+  const task: SweepTask = {
+    settings: {
+      task: 'mnist',
+      rotate: options.rotate,
+      epochs: options.epochs,
+      batchSize: options.batchSize,
+      trainDigits: trainDigits.count,
+      validationDigits: validation.count,
+      device,
+    },
+    metric: ACCURACY,
+    train: (point, lr, dir) => {
+      const method = handlers(point.spec);
+      const model = loadBase(device);
+      const params = method.prepare(model);
+      const tag = point.tag === '' ? method.label : `${method.label} ${point.tag}`;
+      const result = trainWithProgress(`${tag}, lr ${lr}`, model, params, trainDigits, lr, options, device, true);
+      method.save(model, dir);
+      const run = {
+        validation: accuracy(model, validation, device),
+        trainableParameters: params.reduce((n, p) => n + p.size, 0),
+        frozenSharedValues: frozenSharedValues(model),
+        secondsPerStep: median(result.stepSeconds),
+      };
+      model.dispose();
+      return run;
+    },
+    test: (point, dir) => {
+      const model = loadBase(device);
+      handlers(point.spec).load(model, dir);
+      const score = accuracy(model, test, device);
+      model.dispose();
+      return score;
+    },
+  };
+  const sweepDir = path.join(options.outDir, 'sweep');
+  log(
+    `sweep: ${points.length} settings on ${trainDigits.count} rotated training digits, learning rates chosen on ` +
+      `${validation.count} validation digits, scored on ${test.count} test digits (${device}); cache in ${sweepDir}/`,
+  );
+  const rows = runSweep(task, points, sweepDir, log);
+  writeSweepOutputs(
+    rows,
+    task,
+    sweepDir,
+    `Digits rotated ${options.rotate}°: test accuracy against trainable parameters`,
+    `digits rotated ${options.rotate}°, ${options.epochs} epochs on ${trainDigits.count} training digits; ` +
+      `learning rate chosen on ${VALIDATION_COUNT} validation digits; accuracy on ${test.count} test digits`,
+  );
+  log(`\n${sweepTable(rows, ACCURACY)}\n`);
+  log(`table, chart and every run in ${sweepDir}/`);
+  return rows;
+}
+
 function main(): void {
   let options: DemoOptions;
   try {
@@ -349,7 +444,8 @@ function main(): void {
   }
   try {
     if (options.distributed) dist.init({ engine: options.device === 'cuda' ? 'nccl' : 'mpi' });
-    runDemo(options);
+    if (options.sweep) runMnistSweep(options);
+    else runDemo(options);
     if (options.distributed) dist.finalize();
   } catch (error) {
     // Our errors name the problem and the fix; a stack trace would bury that.

@@ -1,16 +1,16 @@
 /**
- * The base model and the one training loop that pretraining and every
- * adaptation method share: AdamW with a short warm-up and cosine decay,
- * minibatches in a fresh seeded order each epoch. Distributed, each rank of an
- * MPI job trains on its part of every minibatch (tera.distributed.shardBatches)
- * and the gradients are averaged before each step: the same minibatches and,
- * to float32 rounding, the same updates as one process.
+ * The MNIST demo's base model and its training on digits, through the loop
+ * every demo shares (loop.ts): minibatches in a fresh seeded order each epoch.
+ * Distributed, each rank of an MPI job trains on its part of every minibatch
+ * (tera.distributed.shardBatches) and the gradients are averaged before each
+ * step: the same minibatches and, to float32 rounding, the same updates as
+ * one process.
  */
 import * as path from 'node:path';
-import { performance } from 'node:perf_hooks';
 
-import { type Device, type Tensor, autograd, distributed as dist, kernels, nn, optim, tensor } from '../../lib';
+import { type Device, type Tensor, autograd, distributed as dist, kernels, nn, tensor } from '../../lib';
 import { type Digits, IMAGE_SIZE, permutation } from './data';
+import { optimise } from './loop';
 
 /** 784 -> 128 -> 64 -> 10 with ReLU: its Linear layers are named '0', '2' and '4'. */
 export const BASE_SIZES = Object.freeze([IMAGE_SIZE, 128, 64, 10]);
@@ -85,39 +85,27 @@ function averageOverRanks(params: nn.Parameter[], count: number, loss: number): 
 export function train(model: nn.Module, params: nn.Parameter[], digits: Digits, options: TrainOptions): TrainResult {
   const { epochs, batchSize, lr, device, seed, onBatch, distributed = false } = options;
   const batchesPerEpoch = Math.ceil(digits.count / batchSize);
-  const totalSteps = epochs * batchesPerEpoch;
-  // Weight decay would pull TeRA's and VeRA's scaling vectors towards 0, i.e. towards no update.
-  const optimizer = new optim.AdamW(params, { lr, weightDecay: 0 });
-  const schedule = new optim.WarmupCosineSchedule(optimizer, {
-    warmupSteps: Math.min(50, Math.floor(totalSteps / 10)),
-    totalSteps,
-  });
-  const batchLosses: number[] = [];
-  const epochSeconds: number[] = [];
-  const stepSeconds: number[] = [];
-  try {
-    for (let epoch = 0; epoch < epochs; epoch++) {
-      const start = performance.now();
-      const order = permutation(digits.count, seed, epoch + 1);
-      const parts = distributed ? dist.shardBatches(order, { batchSize }) : null;
-      for (let batch = 0; batch < batchesPerEpoch; batch++) {
-        const stepStart = performance.now();
-        const indices = parts ? parts[batch].indices : order.subarray(batch * batchSize, (batch + 1) * batchSize);
-        let loss = indices.length > 0 ? lossAndGradients(model, digits, indices, device) : 0;
-        if (distributed) loss = averageOverRanks(params, indices.length, loss);
-        optimizer.step();
-        schedule.step();
-        optimizer.zeroGrad();
-        stepSeconds.push((performance.now() - stepStart) / 1000);
-        batchLosses.push(loss);
-        onBatch?.(epoch, batch, loss);
+  let order: Uint32Array = new Uint32Array(0);
+  let parts: ReturnType<typeof dist.shardBatches> | null = null;
+  const { losses, stepSeconds } = optimise(params, {
+    steps: epochs * batchesPerEpoch,
+    lr,
+    step: (index) => {
+      const [epoch, batch] = [Math.floor(index / batchesPerEpoch), index % batchesPerEpoch];
+      if (batch === 0) {
+        order = permutation(digits.count, seed, epoch + 1);
+        parts = distributed ? dist.shardBatches(order, { batchSize }) : null;
       }
-      epochSeconds.push((performance.now() - start) / 1000);
-    }
-  } finally {
-    optimizer.dispose();
-  }
-  return { batchLosses, batchesPerEpoch, epochSeconds, stepSeconds };
+      const indices = parts ? parts[batch].indices : order.subarray(batch * batchSize, (batch + 1) * batchSize);
+      const loss = indices.length > 0 ? lossAndGradients(model, digits, indices, device) : 0;
+      return distributed ? averageOverRanks(params, indices.length, loss) : loss;
+    },
+    onStep: (index, loss) => onBatch?.(Math.floor(index / batchesPerEpoch), index % batchesPerEpoch, loss),
+  });
+  const epochSeconds = Array.from({ length: epochs }, (_, epoch) =>
+    stepSeconds.slice(epoch * batchesPerEpoch, (epoch + 1) * batchesPerEpoch).reduce((a, b) => a + b, 0),
+  );
+  return { batchLosses: losses, batchesPerEpoch, epochSeconds, stepSeconds };
 }
 
 /** The fraction of `digits` the model classifies correctly. */
