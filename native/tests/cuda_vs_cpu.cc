@@ -454,6 +454,10 @@ const std::vector<TuckerCase>& tuckerCases() {
       {{16, 16, 43, 16, 16, 16}, {16, 16, 43, 16, 16, 16}},        // 11008 x 4096: 2-column groups
       {{16, 16, 16, 16, 16, 43}, {16, 16, 16, 16, 16, 43}},        // 4096 x 11008: GEMM chain
       {{16, 16, 16, 16, 16, 16, 4}, {16, 16, 16, 16, 16, 16, 4}},  // GEMM chain
+      {{128, 784}, {128, 784}},                    // order 2 at full rank (MNIST's layer)
+      {{64, 64, 64, 64}, {16, 16, 16, 16}},        // 64-wide modes, ranks 16
+      {{32, 128, 32, 128}, {16, 16, 16, 16}},      // 128-wide modes
+      {{16, 16, 16, 16, 16, 16}, {4, 4, 4, 4, 4, 4}},  // maxRank 4
   };
   return cases;
 }
@@ -469,9 +473,11 @@ void checkTucker(Backend& cpu, Backend& gpu) {
     for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
     for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
     inputs.push_back(std::vector<float>(static_cast<size_t>(fullSize)));  // 1 + 2N: out
-    const size_t outIndex = size_t(1 + 2 * N);
+    inputs.push_back(randomVector(fullSize));                             // 2 + 2N: base
+    const size_t outIndex = size_t(1 + 2 * N), baseIndex = outIndex + 1;
     const std::string name = shapeName(tc.modes, tc.ranks);
-    for (int variant = 0; variant < 2; ++variant) {  // with scales and alpha; without scales
+    // With scales and alpha; without scales; with scales, alpha and a base (W0 + alpha dW).
+    for (int variant = 0; variant < 3; ++variant) {
       std::vector<float> outs[2];
       Backend* backends[2] = {&cpu, &gpu};
       try {
@@ -482,10 +488,11 @@ void checkTucker(Backend& cpu, Backend& gpu) {
           const float* scales[kMaxOrder];
           for (int n = 0; n < N; ++n) {
             factors[n] = bufs[size_t(1 + n)]->data;
-            scales[n] = variant == 0 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
+            scales[n] = variant != 1 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
           }
           backends[side]->tuckerReconstruct(shape, bufs[0]->data, factors, scales,
-                                            variant == 0 ? 0.625f : 1.0f, bufs[outIndex]->data);
+                                            variant != 1 ? 0.625f : 1.0f, bufs[outIndex]->data,
+                                            variant == 2 ? bufs[baseIndex]->data : nullptr);
           outs[side] = bufs[outIndex]->read();
           for (Buffer* b : bufs) delete b;
         }
@@ -493,8 +500,9 @@ void checkTucker(Backend& cpu, Backend& gpu) {
         report(false, "tuckerReconstruct " + name, e.what());
         continue;
       }
-      compare("tuckerReconstruct " + name + (variant == 0 ? " (scales, alpha)" : ""), outs[0],
-              outs[1], 1e-4, 2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
+      const char* what[3] = {" (scales, alpha)", "", " (scales, alpha, base)"};
+      compare("tuckerReconstruct " + name + what[variant], outs[0], outs[1], 1e-4,
+              2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
     }
     // Scale gradient, with and without overwriting gradX.
     const std::vector<float> gradX = randomVector(fullSize);
@@ -504,7 +512,7 @@ void checkTucker(Backend& cpu, Backend& gpu) {
       try {
         for (int side = 0; side < 2; ++side) {
           std::vector<Buffer*> bufs;
-          for (size_t i = 0; i + 1 < inputs.size(); ++i) {
+          for (size_t i = 0; i < outIndex; ++i) {
             bufs.push_back(new Buffer(*backends[side], inputs[i]));
           }
           Buffer g(*backends[side], gradX);
@@ -533,6 +541,102 @@ void checkTucker(Backend& cpu, Backend& gpu) {
       }
       compare("tuckerScaleGrad " + name + (overwrite ? " (overwrite gradX)" : ""), grads[0],
               grads[1], 1e-3, 1e-4 * maxAbs(grads[0]));
+    }
+  }
+}
+
+// The factored path's kernels and tuckerCoreGrad, on full and reduced ranks, with
+// `rows` rows of projected activations (tolerances as the Tucker kernels').
+void checkFactored(Backend& cpu, Backend& gpu) {
+  const std::vector<TuckerCase> cases = {
+      {{16, 16, 16}, {16, 16, 16}}, {{16, 16, 16}, {4, 4, 4}}, {{7, 8, 14}, {7, 8, 14}},
+      {{16, 16, 43}, {16, 16, 16}}, {{784}, {784}},           {{5, 3}, {2, 3}},
+  };
+  for (const TuckerCase& tc : cases) {
+    const TuckerShape shape = TuckerShape::make(tc.modes, tc.ranks);
+    const int N = shape.order;
+    const std::string name = shapeName(tc.modes, tc.ranks);
+    const int64_t rows = 37, full = shape.fullSize(), core = shape.coreSize();
+    // inputs: factors [0, N), scales [N, 2N), then the kernel's own.
+    std::vector<std::vector<float>> base;
+    for (int n = 0; n < N; ++n) base.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
+    for (int n = 0; n < N; ++n) base.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
+    auto operands = [&](std::vector<float*>& p, const float** factors, const float** scales) {
+      for (int n = 0; n < N; ++n) {
+        factors[n] = p[size_t(n)];
+        scales[n] = p[size_t(N + n)];
+      }
+    };
+    for (bool contract : {false, true}) {
+      std::vector<std::vector<float>> in = base;
+      in.push_back(randomVector(rows * (contract ? full : core)));
+      in.push_back(std::vector<float>(size_t(rows * (contract ? core : full))));
+      const size_t x = size_t(2 * N), y = x + 1;
+      both("kroneckerRows " + name + (contract ? " contract" : " expand"), in, {y}, 1e-4,
+           2e-6 * double(contract ? full : core),
+           [&](Backend& b, std::vector<float*>& p) {
+             const float* factors[kMaxOrder];
+             const float* scales[kMaxOrder];
+             operands(p, factors, scales);
+             b.kroneckerRows(rows, shape, factors, scales, -0.75f, contract, p[x], p[y]);
+           },
+           cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = base;
+      in.push_back(randomVector(rows * core));
+      in.push_back(std::vector<float>(size_t(rows * core)));
+      const size_t x = size_t(2 * N), y = x + 1;
+      // The same float operations on both sides: lambda in double, rounded once.
+      both("kroneckerScale " + name, in, {y}, 0, 0,
+           [&](Backend& b, std::vector<float*>& p) {
+             const float* factors[kMaxOrder];
+             const float* scales[kMaxOrder];
+             operands(p, factors, scales);
+             b.kroneckerScale(rows, N, shape.ranks, scales, 1.25f, p[x], p[y]);
+           },
+           cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = base;
+      in.push_back(randomVector(rows * core));
+      in.push_back(randomVector(rows * core));
+      for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
+      const size_t a = size_t(2 * N), c = a + 1;
+      std::vector<size_t> outs;
+      for (int n = 0; n < N; ++n) outs.push_back(c + 1 + size_t(n));
+      // Identical column sums in double on both sides; the peeling's order of double sums
+      // differs, so results may differ in the last float bit.
+      both("kroneckerScaleGrad " + name, in, outs, 1e-6, 1e-10 * double(rows * core),
+           [&](Backend& b, std::vector<float*>& p) {
+             const float* factors[kMaxOrder];
+             const float* scales[kMaxOrder];
+             float* grads[kMaxOrder];
+             operands(p, factors, scales);
+             for (int n = 0; n < N; ++n) grads[n] = p[c + 1 + size_t(n)];
+             b.kroneckerScaleGrad(rows, N, shape.ranks, p[a], p[c], scales, 0.5f, grads);
+           },
+           cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = base;
+      in.push_back(randomVector(core));  // z
+      in.push_back(randomVector(core));  // G
+      for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
+      const size_t z = size_t(2 * N), g = z + 1;
+      std::vector<size_t> outs;
+      for (int n = 0; n < N; ++n) outs.push_back(g + 1 + size_t(n));
+      // H = z * G rounds the same on both sides; only the double sums' order differs.
+      both("tuckerCoreGrad " + name, in, outs, 1e-6, 1e-10 * double(core),
+           [&](Backend& b, std::vector<float*>& p) {
+             const float* factors[kMaxOrder];
+             const float* scales[kMaxOrder];
+             float* grads[kMaxOrder];
+             operands(p, factors, scales);
+             for (int n = 0; n < N; ++n) grads[n] = p[g + 1 + size_t(n)];
+             b.tuckerCoreGrad(N, shape.ranks, p[z], p[g], scales, grads);
+           },
+           cpu, gpu);
     }
   }
 }
@@ -573,7 +677,8 @@ void benchmark(Backend& gpu) {
         sp[n] = nullptr;
       }
       const double tucker =
-          timeIt(gpu, 50, [&] { gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data); });
+          timeIt(gpu, 50,
+             [&] { gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data, nullptr); });
       const double copy = timeIt(gpu, 50, [&] { gpu.copy(copyDst.data, core.data, size); });
       float* gradScales[kMaxOrder];
       std::vector<Buffer*> grads;
@@ -635,6 +740,7 @@ int main() {
   checkGemm(cpu, *gpu);
   checkModeProduct(cpu, *gpu);
   checkTucker(cpu, *gpu);
+  checkFactored(cpu, *gpu);
   if (!quick) benchmark(*gpu);
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
