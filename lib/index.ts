@@ -15,6 +15,8 @@ export * as nn from './nn/index';
 export * as optim from './optim/index';
 export * as adapters from './adapters/index';
 export * as distributed from './distributed/index';
+export * as models from './models/index';
+export * as tokenizers from './tokenizers/index';
 export {
   injectAdapter,
   saveAdapter,

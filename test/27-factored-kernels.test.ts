@@ -7,7 +7,7 @@
  * mode products on every mode with widths that are not multiples of the vectors.
  */
 import * as tera from '../lib';
-import { product, randomArray, reconstruct, rng } from './helpers/reference';
+import { product, randomArray, rng } from './helpers/reference';
 import { expectAllClose } from './helpers/tolerance';
 
 const { kernels } = tera;
@@ -49,6 +49,52 @@ function coreGrad64(z: ArrayLike<number>, g: ArrayLike<number>, ranks: number[],
   return { value, magnitude };
 }
 
+/**
+ * y = alpha x K^T or alpha x K, K[i, r] = prod_n A_n[i_n, r_n] s_n[r_n], in float64 as
+ * successive mode products of each row (and the sums of |terms| carried along).
+ */
+function rows64(
+  x: Float32Array,
+  modes: number[],
+  ranks: number[],
+  factors: Float32Array[],
+  scales: (Float32Array | null)[],
+  alpha: number,
+  contract: boolean,
+) {
+  const [from, to] = contract ? [modes, ranks] : [ranks, modes];
+  const rows = x.length / product(from);
+  let dims = [rows, ...from];
+  let value = Float64Array.from(x, (v) => alpha * v);
+  let magnitude = value.map(Math.abs);
+  from.forEach((_, n) => {
+    const mode = n + 1;
+    const P = product(dims.slice(0, mode));
+    const K = dims[mode];
+    const Q = product(dims.slice(mode + 1));
+    const J = to[n];
+    const nextValue = new Float64Array(P * J * Q);
+    const nextMagnitude = new Float64Array(P * J * Q);
+    for (let p = 0; p < P; p++) {
+      for (let j = 0; j < J; j++) {
+        for (let k = 0; k < K; k++) {
+          // K's factor entry: A_n[i, r] s_n[r] with (i, r) = (j, k) expanding, (k, j) contracting.
+          const [i, r] = contract ? [k, j] : [j, k];
+          const u = factors[n][i * ranks[n] + r] * (scales[n] ? scales[n]![r] : 1);
+          for (let q = 0; q < Q; q++) {
+            nextValue[(p * J + j) * Q + q] += u * value[(p * K + k) * Q + q];
+            nextMagnitude[(p * J + j) * Q + q] += Math.abs(u) * magnitude[(p * K + k) * Q + q];
+          }
+        }
+      }
+    }
+    value = nextValue;
+    magnitude = nextMagnitude;
+    dims = [...dims.slice(0, mode), J, ...dims.slice(mode + 1)];
+  });
+  return { value, magnitude };
+}
+
 describe('tuckerReconstruct into W0 + alpha dW', () => {
   it.each([
     ['order 3', [4, 3, 5], [4, 2, 5]],
@@ -66,7 +112,8 @@ describe('tuckerReconstruct into W0 + alpha dW', () => {
         { alpha: -0.8, base: t(base, modes) },
       )
       .toFloat32Array();
-    const ref = reconstruct(core, modes, ranks, factors, scales, -0.8);
+    // One row of x = G times K^T is the reconstruction (row-major vec), by successive mode products.
+    const ref = rows64(core, modes, ranks, factors, scales, -0.8, false);
     const want = ref.value.map((v, i) => v + base[i]);
     const magnitude = ref.magnitude.map((m, i) => m + Math.abs(base[i]));
     expectAllClose(out, want, { rtol: 1e-5, atol: 1e-6, magnitude, what: 'W0 + alpha dW' });
@@ -125,7 +172,10 @@ describe('tuckerCoreGrad', () => {
     let z = gradX;
     factorTensors.forEach((f, n) => {
       const transposed = t(
-        Array.from({ length: ranks[n] * modes[n] }, (_, i) => f.toFloat32Array()[(i % modes[n]) * ranks[n] + Math.floor(i / modes[n])]),
+        Array.from(
+          { length: ranks[n] * modes[n] },
+          (_, i) => f.toFloat32Array()[(i % modes[n]) * ranks[n] + Math.floor(i / modes[n])],
+        ),
         [ranks[n], modes[n]],
       );
       z = kernels.modeProduct(z, transposed, n);
@@ -152,52 +202,6 @@ describe('tuckerCoreGrad', () => {
 });
 
 describe('kroneckerRows', () => {
-  /**
-   * y = alpha x K^T or alpha x K, K[i, r] = prod_n A_n[i_n, r_n] s_n[r_n], in float64 as
-   * successive mode products of each row (and the sums of |terms| carried along).
-   */
-  function rows64(
-    x: Float32Array,
-    modes: number[],
-    ranks: number[],
-    factors: Float32Array[],
-    scales: (Float32Array | null)[],
-    alpha: number,
-    contract: boolean,
-  ) {
-    const [from, to] = contract ? [modes, ranks] : [ranks, modes];
-    const rows = x.length / product(from);
-    let dims = [rows, ...from];
-    let value = Float64Array.from(x, (v) => alpha * v);
-    let magnitude = value.map(Math.abs);
-    from.forEach((_, n) => {
-      const mode = n + 1;
-      const P = product(dims.slice(0, mode));
-      const K = dims[mode];
-      const Q = product(dims.slice(mode + 1));
-      const J = to[n];
-      const nextValue = new Float64Array(P * J * Q);
-      const nextMagnitude = new Float64Array(P * J * Q);
-      for (let p = 0; p < P; p++) {
-        for (let j = 0; j < J; j++) {
-          for (let k = 0; k < K; k++) {
-            // K's factor entry: A_n[i, r] s_n[r] with (i, r) = (j, k) expanding, (k, j) contracting.
-            const [i, r] = contract ? [k, j] : [j, k];
-            const u = factors[n][i * ranks[n] + r] * (scales[n] ? scales[n]![r] : 1);
-            for (let q = 0; q < Q; q++) {
-              nextValue[(p * J + j) * Q + q] += u * value[(p * K + k) * Q + q];
-              nextMagnitude[(p * J + j) * Q + q] += Math.abs(u) * magnitude[(p * K + k) * Q + q];
-            }
-          }
-        }
-      }
-      value = nextValue;
-      magnitude = nextMagnitude;
-      dims = [...dims.slice(0, mode), J, ...dims.slice(mode + 1)];
-    });
-    return { value, magnitude };
-  }
-
   it.each([
     ['two modes', 5, [4, 3], [2, 3]],
     ['one mode', 3, [9], [4]],

@@ -88,3 +88,75 @@ function syncDirectory(dir: string): void {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * Replaces the folder `target` with one that `fill(dir)` writes into a fresh
+ * temporary folder beside it, so no half-written folder is ever visible.
+ * Entries of an existing `target` for which `replaced(name)` is false (files
+ * that are not the caller's, such as a tokenizer next to a checkpoint) are
+ * carried into the new folder as hard links (copies where linking fails).
+ * The swap is two renames (old folder aside, new folder in) and then the old
+ * folder is removed; on any failure the temporary folder is removed and
+ * `target` is left as it was. A crash between the two renames leaves the old
+ * folder complete under its '.<name>.<pid>.<hex>.old' name.
+ */
+export function writeDirectoryAtomic(
+  target: string,
+  fill: (dir: string) => void,
+  replaced: (name: string) => boolean,
+): void {
+  const parent = path.dirname(target);
+  const base = path.basename(target);
+  const stamp = `${process.pid}.${randomBytes(6).toString('hex')}`;
+  const temp = path.join(parent, `.${base}.${stamp}.tmpdir`);
+  const aside = path.join(parent, `.${base}.${stamp}.old`);
+  let existing = false;
+  try {
+    fs.mkdirSync(parent, { recursive: true });
+    existing = fs.existsSync(target);
+    if (existing && !fs.statSync(target).isDirectory()) throw new Error('it exists and is not a folder');
+    fs.mkdirSync(temp);
+    fill(temp);
+    if (existing) {
+      for (const name of fs.readdirSync(target)) {
+        if (!replaced(name)) linkTree(path.join(target, name), path.join(temp, name));
+      }
+    }
+    syncDirectory(temp);
+    if (existing) fs.renameSync(target, aside);
+    try {
+      fs.renameSync(temp, target);
+    } catch (err) {
+      if (existing) fs.renameSync(aside, target);
+      throw err;
+    }
+  } catch (err) {
+    fs.rmSync(temp, { recursive: true, force: true });
+    throw new Error(`writeDirectoryAtomic: could not write ${target}: ${(err as Error).message}`, { cause: err });
+  }
+  syncDirectory(parent);
+  if (existing) fs.rmSync(aside, { recursive: true, force: true });
+}
+
+/** Recreates `source` at `destination`: folders recursively, files as hard links or copies, links as links. */
+function linkTree(source: string, destination: string): void {
+  const stat = fs.lstatSync(source);
+  if (stat.isDirectory()) {
+    fs.mkdirSync(destination);
+    for (const name of fs.readdirSync(source)) linkTree(path.join(source, name), path.join(destination, name));
+  } else if (stat.isSymbolicLink()) {
+    fs.symlinkSync(fs.readlinkSync(source), destination);
+  } else {
+    try {
+      fs.linkSync(source, destination);
+    } catch {
+      fs.copyFileSync(source, destination);
+    }
+  }
+}
+
+/** Writes all of `data` to `fd` (writeSync may write less than asked). */
+export function writeAll(fd: number, data: Uint8Array): void {
+  let done = 0;
+  while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done);
+}

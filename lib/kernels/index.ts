@@ -383,12 +383,7 @@ function gradientTensors(
   });
 }
 
-function prepareCoreGrad(
-  z: Tensor,
-  core: Tensor,
-  scales: readonly (Tensor | null)[],
-  options: ScaleGradOptions,
-) {
+function prepareCoreGrad(z: Tensor, core: Tensor, scales: readonly (Tensor | null)[], options: ScaleGradOptions) {
   live(z, 'tuckerCoreGrad: z');
   live(core, 'tuckerCoreGrad: core');
   if (core.rank < 1 || core.rank > MAX_ORDER) {
@@ -485,13 +480,16 @@ function prepareKroneckerRows(
   const kernel = 'kroneckerRows';
   live(x, `${kernel}: x`);
   if (!Array.isArray(factors) || factors.length < 1 || factors.length > MAX_ORDER) {
-    throw new Error(`${kernel}: expected 1 to ${MAX_ORDER} factors, got ${Array.isArray(factors) ? factors.length : typeof factors}`);
+    throw new Error(
+      `${kernel}: expected 1 to ${MAX_ORDER} factors, got ${Array.isArray(factors) ? factors.length : typeof factors}`,
+    );
   }
   const modes: number[] = [];
   const ranks: number[] = [];
   factors.forEach((f, n) => {
     live(f, `${kernel}: factors[${n}]`);
-    if (f.rank !== 2) throw new Error(`${kernel}: factors[${n}] has shape ${formatShape(f.shape)} but must be [I_${n}, R_${n}]`);
+    if (f.rank !== 2)
+      throw new Error(`${kernel}: factors[${n}] has shape ${formatShape(f.shape)} but must be [I_${n}, R_${n}]`);
     modes.push(f.shape[0]);
     ranks.push(f.shape[1]);
   });
@@ -564,7 +562,9 @@ export interface KroneckerScaleOptions {
 /** The ranks given by the scale vectors, and x checked against their product. */
 function scaledRows(kernel: string, x: Tensor, scales: readonly Tensor[], what: string) {
   if (!Array.isArray(scales) || scales.length < 1 || scales.length > MAX_ORDER) {
-    throw new Error(`${kernel}: expected 1 to ${MAX_ORDER} scale vectors, got ${Array.isArray(scales) ? scales.length : typeof scales}`);
+    throw new Error(
+      `${kernel}: expected 1 to ${MAX_ORDER} scale vectors, got ${Array.isArray(scales) ? scales.length : typeof scales}`,
+    );
   }
   const ranks = scales.map((s, n) => {
     live(s, `${kernel}: scales[${n}]`);
@@ -631,7 +631,11 @@ function prepareKroneckerScaleGrad(
   }
   const alpha = options.alpha ?? 1;
   if (!Number.isFinite(alpha)) throw new Error(`${kernel}: alpha must be a finite number, got ${String(alpha)}`);
-  const inputs: [Tensor, string][] = [[a, 'a'], [b, 'b'], ...scales.map((s, n): [Tensor, string] => [s, `scales[${n}]`])];
+  const inputs: [Tensor, string][] = [
+    [a, 'a'],
+    [b, 'b'],
+    ...scales.map((s, n): [Tensor, string] => [s, `scales[${n}]`]),
+  ];
   sameDevice(kernel, inputs);
   const grads = gradientTensors(kernel, ranks, a.device, inputs, options.out);
   const args = [

@@ -139,8 +139,8 @@ ScaledRanks useScaledRanks(JobBuilder& job, const Arguments& args, const char* k
                 " ranks; orders 1 to " + std::to_string(kMaxOrder) + " are supported");
   }
   if (scales.size() != s.ranks.size()) {
-    throw Error(std::string(kernel) + ": " + std::to_string(scales.size()) +
-                " scale vectors for " + std::to_string(s.ranks.size()) + " ranks");
+    throw Error(std::string(kernel) + ": " + std::to_string(scales.size()) + " scale vectors for " +
+                std::to_string(s.ranks.size()) + " ranks");
   }
   s.size = checkedProduct(s.ranks.data(), int(s.ranks.size()), "the product of the ranks");
   for (size_t n = 0; n < s.ranks.size(); ++n) {
@@ -227,8 +227,8 @@ Job prepareKroneckerScale(const Napi::CallbackInfo& info) {
   float* py = job.use(y, size, "y");
   Backend* backend = &x->backend();
   return job.finish([=] {
-    backend->kroneckerScale(rows, int(s.ranks.size()), s.ranks.data(), s.scales.data(), alpha,
-                            px, py);
+    backend->kroneckerScale(rows, int(s.ranks.size()), s.ranks.data(), s.scales.data(), alpha, px,
+                            py);
     return kNoResult;
   });
 }
@@ -252,8 +252,8 @@ Job prepareKroneckerScaleGrad(const Napi::CallbackInfo& info) {
   const std::vector<float*> outs = useGradients(job, "kroneckerScaleGrad", grads, s.ranks, inputs);
   Backend* backend = &a->backend();
   return job.finish([=] {
-    backend->kroneckerScaleGrad(rows, int(s.ranks.size()), s.ranks.data(), pa, pb,
-                                s.scales.data(), alpha, outs.data());
+    backend->kroneckerScaleGrad(rows, int(s.ranks.size()), s.ranks.data(), pa, pb, s.scales.data(),
+                                alpha, outs.data());
     return kNoResult;
   });
 }

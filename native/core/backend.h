@@ -73,8 +73,8 @@ class Backend {
   // y = alpha x K^T ([rows, prod ranks] -> [rows, prod modes]) or, with `contract`,
   // y = alpha x K ([rows, prod modes] -> [rows, prod ranks]). x and y are distinct.
   virtual void kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
-                             const float* const* scales, float alpha, bool contract,
-                             const float* x, float* y) = 0;
+                             const float* const* scales, float alpha, bool contract, const float* x,
+                             float* y) = 0;
   // y[t, r] = x[t, r] * lambda[r], lambda = alpha s_1 (x) ... (x) s_Q computed in double and
   // rounded once; y may be x.
   virtual void kroneckerScale(int64_t rows, int order, const int64_t* ranks,

@@ -95,8 +95,8 @@ int blasDim(int64_t value) {
 void blasModeProduct(const ModeMatrix& u, const float* in, float* out, int64_t P, int64_t Q) {
   const int K = blasDim(u.cols()), J = blasDim(u.rows());
   if (Q == 1) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasDim(P), J, K, 1.0f, in, K, u.data(),
-                K, 0.0f, out, J);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasDim(P), J, K, 1.0f, in, K, u.data(), K,
+                0.0f, out, J);
     return;
   }
   const int q = blasDim(Q);
@@ -165,10 +165,10 @@ class MultiModeProduct {
       int dstSlot = -1;
       const int64_t size = product(after, 0, order_);
       // A consumed result from OpenBLAS still needs memory to land in.
-      const bool needsBuffer = last ? !out && pass.blas
-                                    : !(out && size <= capacity &&
-                                        laterPassesInPlace(i + 1, after, capacity) &&
-                                        (src != out || inPlaceCapable(pass, cur)));
+      const bool needsBuffer =
+          last ? !out && pass.blas
+               : !(out && size <= capacity && laterPassesInPlace(i + 1, after, capacity) &&
+                   (src != out || inPlaceCapable(pass, cur)));
       if (needsBuffer) {
         dstSlot = srcSlot == 0 ? 1 : 0;
         dst = sharedScratch(dstSlot, size);
@@ -321,7 +321,8 @@ class MultiModeProduct {
           }
           from = {gathered, w};
         }
-        const Placement to = consumes ? Placement{gathered, w} : Placement{dst + outOffset, rowStride};
+        const Placement to =
+            consumes ? Placement{gathered, w} : Placement{dst + outOffset, rowStride};
         TileAccess first, final;
         first.prefetch = !slab && !inPlaceSingle;
         if (!consumes) {
@@ -355,8 +356,7 @@ class MultiModeProduct {
       const int64_t P = count * product(cur, pass.lo, n);
       const int64_t m = product(cur, n + 1, pass.hi);
       const bool last = s + 1 == steps.size();
-      const Placement target =
-          last ? to : Placement{buffers[source.base == buffers[0] ? 1 : 0], w};
+      const Placement target = last ? to : Placement{buffers[source.base == buffers[0] ? 1 : 0], w};
       TileAccess access = last ? final : TileAccess();
       access.prefetch = s == 0 && first.prefetch;
       applyModeTile(u, source.base, {m * source.rowStride, source.rowStride}, target.base,
@@ -417,8 +417,11 @@ class PrefixWeights {
   class Cursor {
    public:
     Cursor(const PrefixWeights& w, int64_t a)
-        : high_(w.high_.data()), low_(w.low_.data()), count_(w.lowCount_),
-          hi_(a / w.lowCount_), lo_(a % w.lowCount_) {}
+        : high_(w.high_.data()),
+          low_(w.low_.data()),
+          count_(w.lowCount_),
+          hi_(a / w.lowCount_),
+          lo_(a % w.lowCount_) {}
     double next() {
       const double weight = high_[hi_] * low_[lo_];
       if (++lo_ == count_) {
@@ -469,9 +472,9 @@ __attribute__((target("avx2,fma"))) double horizontalSum(__m256d v) {
 // R = 4 * RV with the gradient accumulators held in registers.
 template <int RV>
 __attribute__((target("avx2,fma"))) void peelRowsAvx2(const float* z, const float* g, int64_t a0,
-                                                     int64_t count, const double* s,
-                                                     const PrefixWeights& weights, double* grad,
-                                                     double* next) {
+                                                      int64_t count, const double* s,
+                                                      const PrefixWeights& weights, double* grad,
+                                                      double* next) {
   constexpr int R = 4 * RV;
   __m256d acc[RV], scale[RV];
   for (int v = 0; v < RV; ++v) {
@@ -492,8 +495,8 @@ __attribute__((target("avx2,fma"))) void peelRowsAvx2(const float* z, const floa
   for (int v = 0; v < RV; ++v) _mm256_storeu_pd(grad + 4 * v, acc[v]);
 }
 
-void peelRows(const float* z, const float* g, int64_t a0, int64_t count, int64_t R,
-              const double* s, const PrefixWeights& weights, double* grad, double* next) {
+void peelRows(const float* z, const float* g, int64_t a0, int64_t count, int64_t R, const double* s,
+              const PrefixWeights& weights, double* grad, double* next) {
   if (vectorTilesAvailable()) {
     switch (R) {
       case 4:
@@ -529,8 +532,8 @@ void sumPartials(const std::vector<double>& partial, int64_t parts, int64_t R, f
 // The remaining levels n = last .. 0 from the suffix S_{last+1} (`current`,
 // prod R[0..last] doubles): dl_n[r] = sum_a W_n(a) S[a, r], then S_n = S_{n+1}
 // contracted with s_n. Each level is R_n times smaller than the one before.
-void peelLevels(int last, const int64_t* R, std::vector<double> current,
-                const float* const* scales, float* const* grads) {
+void peelLevels(int last, const int64_t* R, std::vector<double> current, const float* const* scales,
+                float* const* grads) {
   for (int n = last; n >= 0; --n) {
     const int64_t lead = product(R, 0, n), rank = R[n];
     const PrefixWeights weights(n, R, scales);
@@ -595,8 +598,7 @@ void tuckerReconstruct(const TuckerShape& shape, const float* core, const float*
   }
   Epilogue epilogue;
   epilogue.base = base;
-  MultiModeProduct(N, shape.ranks, shape.modes, mats)
-      .run(core, out, shape.fullSize(), epilogue);
+  MultiModeProduct(N, shape.ranks, shape.modes, mats).run(core, out, shape.fullSize(), epilogue);
 }
 
 void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,

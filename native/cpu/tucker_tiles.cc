@@ -42,7 +42,7 @@ __attribute__((target("avx2"))) __m256i firstLanes(int64_t count) {
 // then 32-byte aligned).
 template <bool Add, bool Stream>
 __attribute__((target("avx2,fma"))) inline void storeResult(float* dst, const float* base,
-                                                           __m256 value) {
+                                                            __m256 value) {
   if (Add) value = _mm256_add_ps(_mm256_loadu_ps(base), value);
   if (Stream) {
     _mm256_stream_ps(dst, value);
@@ -53,7 +53,7 @@ __attribute__((target("avx2,fma"))) inline void storeResult(float* dst, const fl
 
 template <bool Add>
 __attribute__((target("avx2,fma"))) inline void storeMasked(float* dst, const float* base,
-                                                           __m256i mask, __m256 value) {
+                                                            __m256i mask, __m256 value) {
   if (Add) value = _mm256_add_ps(_mm256_maskload_ps(base, mask), value);
   _mm256_maskstore_ps(dst, mask, value);
 }
@@ -61,10 +61,9 @@ __attribute__((target("avx2,fma"))) inline void storeMasked(float* dst, const fl
 // JB output rows x 16 (then 8, then a masked remainder of) columns held in
 // registers across the whole K loop. base (when Add) has out's layout.
 template <int JB, bool Add, bool Stream>
-__attribute__((target("avx2,fma"))) void tileRowsAvx2(const float* in, int64_t inStride,
-                                                      float* out, int64_t outStride, int64_t K,
-                                                      const float* u, int64_t width,
-                                                      const float* base) {
+__attribute__((target("avx2,fma"))) void tileRowsAvx2(const float* in, int64_t inStride, float* out,
+                                                      int64_t outStride, int64_t K, const float* u,
+                                                      int64_t width, const float* base) {
   int64_t q = 0;
   for (; q + 16 <= width; q += 16) {
     __m256 lo[JB], hi[JB];
@@ -169,8 +168,8 @@ TileFn tileAvx2For(bool add, bool stream) {
 // vectors of accumulators stay in registers.
 template <int PB, int JV, bool Add, bool Stream>
 __attribute__((target("avx2,fma"))) void rowsBlockAvx2(const float* in, float* out, int64_t K,
-                                                       int64_t J, const float* ut,
-                                                       int64_t jPadded, const float* base) {
+                                                       int64_t J, const float* ut, int64_t jPadded,
+                                                       const float* base) {
   for (int64_t j0 = 0; j0 < J; j0 += 8 * JV) {
     __m256 acc[PB][JV];
     for (int p = 0; p < PB; ++p) {
@@ -207,8 +206,7 @@ void rowsAvx2(const float* in, float* out, int64_t P, int64_t K, int64_t J, cons
   constexpr int kRows = JV == 2 ? 6 : 8;  // accumulators + JV loads + 1 broadcast <= 16 registers
   int64_t p = 0;
   for (; p + kRows <= P; p += kRows) {
-    rowsBlockAvx2<kRows, JV, Add, Stream>(in + p * K, out + p * J, K, J, ut, jPadded,
-                                          base + p * J);
+    rowsBlockAvx2<kRows, JV, Add, Stream>(in + p * K, out + p * J, K, J, ut, jPadded, base + p * J);
   }
   for (; p + 2 <= P; p += 2) {
     rowsBlockAvx2<2, JV, Add, Stream>(in + p * K, out + p * J, K, J, ut, jPadded, base + p * J);

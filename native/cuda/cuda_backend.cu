@@ -2,11 +2,15 @@
 // backend object (one stream, one cuBLAS handle, grow-only scratch buffers),
 // memory transfers and GEMM through cuBLAS. Row-major GEMMs are issued as the
 // transposed column-major product: C^T = op(B)^T op(A)^T.
+#include <algorithm>
+#include <atomic>
 #include <climits>
 #include <mutex>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/elementwise_kernels.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/test_hooks.h"
 
 #ifndef TERA_CUDA_ARCHS
 #define TERA_CUDA_ARCHS "unknown"
@@ -32,11 +36,6 @@ __global__ void probeKernel(int* flag) {
   if (flag) *flag = 1;
 }
 
-template <class Op>
-__global__ void forEachKernel(int64_t count, Op op) {
-  forEachBody(DeviceCtx(), count, op);
-}
-
 }  // namespace
 
 void check(cudaError_t status, const char* call) {
@@ -56,9 +55,16 @@ void checkLaunch(const char* kernel) {
   check(cudaGetLastError(), (std::string("launch of ") + kernel).c_str());
 }
 
+namespace {
+// Upper bound on every grid: tests lower it so that small sizes run the
+// kernels' grid-stride loops (several rows, slabs or chunks per block).
+std::atomic<int> gridLimit{INT_MAX};
+}  // namespace
+
 int gridFor(int64_t count, int threads, int maxBlocks) {
   const int64_t blocks = (count + threads - 1) / threads;
-  return int(blocks < 1 ? 1 : blocks > maxBlocks ? maxBlocks : blocks);
+  const int64_t limit = std::min(maxBlocks, gridLimit.load(std::memory_order_relaxed));
+  return int(blocks < 1 ? 1 : blocks > limit ? limit : blocks);
 }
 
 // --- Construction --------------------------------------------------------------
@@ -69,6 +75,7 @@ CudaBackend::CudaBackend(const CublasApi* cublas, int device) : cublas_(cublas) 
   TERA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   multiprocessors_ = prop.multiProcessorCount;
   sharedMemoryOptin_ = int(prop.sharedMemPerBlockOptin);
+  planSharedMemory_ = sharedMemoryOptin_;
   TERA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   cublasCall(cublas_->create(&handle_), "cublasCreate_v2");
   cublasCall(cublas_->setStream(handle_, stream_), "cublasSetStream_v2");
@@ -84,6 +91,11 @@ CudaBackend::~CudaBackend() {
   }
   if (handle_) cublas_->destroy(handle_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+int CudaBackend::capSharedMemory(int bytes) {
+  planSharedMemory_ = bytes > 0 && bytes < sharedMemoryOptin_ ? bytes : sharedMemoryOptin_;
+  return planSharedMemory_;
 }
 
 void CudaBackend::cublasCall(int status, const char* call) {
@@ -206,9 +218,7 @@ void CudaBackend::gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k
                        const float* a, const float* b, float beta, float* c) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {  // BLAS semantics: C = beta * C
-    const int64_t count = m * n;
-    forEachKernel<<<gridFor(count, 256), 256, 0, stream_>>>(count, ScaleOp{c, beta});
-    checkLaunch("ScaleOp");
+    launchForEach(stream_, m * n, ScaleOp{c, beta}, "ScaleOp");
     return;
   }
   const int M = blasDim(m, "m"), N = blasDim(n, "n"), K = blasDim(k, "k");
@@ -324,6 +334,32 @@ const InitState& initState() {
 }  // namespace cuda
 
 CudaStatus cudaStatus() { return cuda::initState().status; }
+
+namespace cuda {
+
+int capGridForTesting(int blocks) {
+  gridLimit.store(blocks > 0 ? blocks : INT_MAX, std::memory_order_relaxed);
+  return blocks > 0 ? blocks : INT_MAX;
+}
+
+int capSharedMemoryForTesting(int bytes) {
+  CudaBackend* backend = initState().backend;
+  return backend ? backend->capSharedMemory(bytes) : 0;
+}
+
+bool deviceMemory(int64_t* freeBytes, int64_t* totalBytes) {
+  if (!initState().backend) return false;
+  size_t available = 0, total = 0;
+  if (cudaMemGetInfo(&available, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  *freeBytes = int64_t(available);
+  *totalBytes = int64_t(total);
+  return true;
+}
+
+}  // namespace cuda
 
 Backend* cudaBackend(std::string* reason) {
   const cuda::InitState& state = cuda::initState();

@@ -3,10 +3,15 @@
 // Tucker reconstruction, scale gradients, the factored path's Kronecker
 // kernels) and cuda_elementwise.cu (the rest).
 // Everything runs on one stream; every CUDA and cuBLAS error becomes a
-// tera::Error naming the call.
+// tera::Error naming the call. Without nvcc the host emulation's runtime
+// (tests/emulation/device_runtime.h) stands in for the CUDA runtime.
 #pragma once
 
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#else
+#include "tests/emulation/device_runtime.h"
+#endif
 
 #include <cstdint>
 #include <map>
@@ -27,7 +32,8 @@ void checkLaunch(const char* kernel);
 
 #define TERA_CUDA_CHECK(call) ::tera::cuda::check((call), #call)
 
-// Grid size for a grid-stride loop over `count` items.
+// Grid size for a grid-stride loop over `count` items: ceil(count / threads)
+// blocks, at least 1, at most maxBlocks (and the testing cap, test_hooks.h).
 int gridFor(int64_t count, int threads, int maxBlocks = 1 << 16);
 
 enum ScratchSlot {
@@ -35,10 +41,10 @@ enum ScratchSlot {
   kScratchStaged,  // pass-A result of the fused multi-mode product
   kScratchPing,    // intermediates of the GEMM multi-mode product
   kScratchPong,
-  kScratchCore,     // core-sized float work (the projected gradient H)
-  kScratchDoubles,  // suffix contractions, weights, partial sums
+  kScratchCore,        // core-sized float work (the projected gradient H)
+  kScratchDoubles,     // suffix contractions, weights, partial sums
   kScratchColumnDots,  // kroneckerScaleGrad's column sums (read by the peeling)
-  kScratchResult,   // reduction results and flags
+  kScratchResult,      // reduction results and flags
   kScratchCount
 };
 
@@ -103,7 +109,10 @@ class CudaBackend final : public Backend {
   // --- Shared by the implementation files ---
   cudaStream_t stream() const { return stream_; }
   int multiprocessors() const { return multiprocessors_; }
-  int sharedMemoryLimit() const { return sharedMemoryOptin_; }
+  // Shared memory per block that the fused Tucker planner may use.
+  int sharedMemoryLimit() const { return planSharedMemory_; }
+  // Caps it (tests walk every plan with small shapes); 0 restores the device's limit.
+  int capSharedMemory(int bytes);
   // Grow-only device scratch; contents are not preserved when it grows.
   void* scratch(ScratchSlot slot, size_t bytes);
   float* scratchFloats(ScratchSlot slot, int64_t count) {
@@ -141,6 +150,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   int multiprocessors_ = 1;
   int sharedMemoryOptin_ = 48 * 1024;
+  int planSharedMemory_ = 48 * 1024;
   std::map<std::pair<const void*, size_t>, int> occupancy_;
   void* scratch_[kScratchCount] = {};
   size_t scratchBytes_[kScratchCount] = {};

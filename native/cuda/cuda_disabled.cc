@@ -1,5 +1,6 @@
 // The CUDA backend of a CPU-only build: never available, and says why.
 #include "core/backend.h"
+#include "cuda/test_hooks.h"
 
 namespace tera {
 
@@ -18,5 +19,15 @@ CudaStatus cudaStatus() {
   status.reason = kReason;
   return status;
 }
+
+namespace cuda {
+
+int capSharedMemoryForTesting(int) { return 0; }
+
+int capGridForTesting(int) { return 0; }
+
+bool deviceMemory(int64_t*, int64_t*) { return false; }
+
+}  // namespace cuda
 
 }  // namespace tera

@@ -18,40 +18,40 @@ constexpr int kThreads = 256;
 template <class Term>
 __global__ void __launch_bounds__(kReduceThreads)
     reducePartialKernel(int64_t count, Term term, double* partial) {
-  __shared__ double smem[kReduceThreads];
+  TERA_SHARED_ARRAY(double, smem, kReduceThreads);
   reducePartialBody(DeviceCtx(), count, term, partial, smem);
 }
 
 __global__ void __launch_bounds__(kReduceThreads)
     reduceFinalKernel(const double* partial, int64_t count, double* result) {
-  __shared__ double smem[kReduceThreads];
+  TERA_SHARED_ARRAY(double, smem, kReduceThreads);
   reduceFinalBody(DeviceCtx(), partial, count, result, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     rowSumKernel(float* out, const float* x, int64_t rows, int64_t cols, float beta) {
-  __shared__ double smem[kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, kRowThreads);
   rowSumBody(DeviceCtx(), out, x, rows, cols, beta, smem);
 }
 
 __global__ void __launch_bounds__(kThreads)
     columnPartialKernel(const float* x, int64_t rows, int64_t cols, int64_t chunkRows,
                         double* partial) {
-  __shared__ double smem[kThreads];
+  TERA_SHARED_ARRAY(double, smem, kThreads);
   columnPartialBody(DeviceCtx(), x, rows, cols, chunkRows, partial, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     softmaxRowKernel(const float* logits, const float* labels, int64_t rows, int64_t classes,
                      float* grad, float scale, double* rowLoss) {
-  __shared__ double smem[kRowThreads];
+  TERA_SHARED_ARRAY(double, smem, kRowThreads);
   softmaxRowBody(DeviceCtx(), logits, labels, rows, classes, grad, scale, rowLoss, smem);
 }
 
 __global__ void __launch_bounds__(kRowThreads)
     argmaxRowKernel(float* out, const float* x, int64_t rows, int64_t cols) {
-  __shared__ float values[kRowThreads];
-  __shared__ int64_t indices[kRowThreads];
+  TERA_SHARED_ARRAY(float, values, kRowThreads);
+  TERA_SHARED_ARRAY(int64_t, indices, kRowThreads);
   argmaxRowBody(DeviceCtx(), out, x, rows, cols, values, indices);
 }
 
@@ -91,8 +91,8 @@ void CudaBackend::sumAxis(float* out, const float* x, int64_t rows, int64_t cols
                           float beta) {
   if (overColumns) {
     if (rows <= 0) return;
-    rowSumKernel<<<gridFor(rows, 1, 1 << 20), kRowThreads, 0, stream_>>>(out, x, rows, cols, beta);
-    checkLaunch("rowSumKernel");
+    launchKernel("rowSumKernel", rowSumKernel, dim3(unsigned(gridFor(rows, 1, 1 << 20))),
+                 dim3(kRowThreads), 0, stream_, out, x, rows, cols, beta);
     return;
   }
   if (cols <= 0) return;
@@ -101,8 +101,8 @@ void CudaBackend::sumAxis(float* out, const float* x, int64_t rows, int64_t cols
   const int64_t chunks = std::max<int64_t>(1, (rows + chunkRows - 1) / chunkRows);
   double* partial = scratchDoubles(kScratchDoubles, chunks * cols);
   const dim3 grid(unsigned(gridFor(cols, 32, 1 << 16)), unsigned(chunks));
-  columnPartialKernel<<<grid, kThreads, 0, stream_>>>(x, rows, cols, chunkRows, partial);
-  checkLaunch("columnPartialKernel");
+  launchKernel("columnPartialKernel", columnPartialKernel, grid, dim3(kThreads), 0, stream_, x,
+               rows, cols, chunkRows, partial);
   launchForEach(stream_, cols, ColumnFinalOp{out, partial, cols, rows > 0 ? chunks : 0, beta},
                 "ColumnFinalOp");
 }
@@ -124,10 +124,10 @@ double reduceOnDevice(CudaBackend& backend, int64_t count, const Term& term) {
   if (count <= 0) return 0.0;
   const int blocks = reduceBlocks(count);
   double* work = backend.scratchDoubles(kScratchResult, blocks + 1);
-  reducePartialKernel<<<blocks, kReduceThreads, 0, backend.stream()>>>(count, term, work + 1);
-  checkLaunch("reducePartialKernel");
-  reduceFinalKernel<<<1, kReduceThreads, 0, backend.stream()>>>(work + 1, blocks, work);
-  checkLaunch("reduceFinalKernel");
+  launchKernel("reducePartialKernel", reducePartialKernel<Term>, dim3(unsigned(blocks)),
+               dim3(kReduceThreads), 0, backend.stream(), count, term, work + 1);
+  launchKernel("reduceFinalKernel", reduceFinalKernel, dim3(1), dim3(kReduceThreads), 0,
+               backend.stream(), work + 1, int64_t(blocks), work);
   return backend.fetchDouble(work);
 }
 }  // namespace
@@ -159,16 +159,15 @@ double CudaBackend::softmaxCrossEntropy(const float* logits, const float* labels
                 ")");
   }
   double* rowLoss = scratchDoubles(kScratchDoubles, rows);
-  softmaxRowKernel<<<gridFor(rows, 1, 1 << 20), kRowThreads, 0, stream_>>>(
-      logits, labels, rows, classes, grad, scale, rowLoss);
-  checkLaunch("softmaxRowKernel");
+  launchKernel("softmaxRowKernel", softmaxRowKernel, dim3(unsigned(gridFor(rows, 1, 1 << 20))),
+               dim3(kRowThreads), 0, stream_, logits, labels, rows, classes, grad, scale, rowLoss);
   return reduceOnDevice(*this, rows, DoubleTerm{rowLoss}) / double(rows);
 }
 
 void CudaBackend::argmaxRows(float* out, const float* x, int64_t rows, int64_t cols) {
   if (rows <= 0) return;
-  argmaxRowKernel<<<gridFor(rows, 1, 1 << 20), kRowThreads, 0, stream_>>>(out, x, rows, cols);
-  checkLaunch("argmaxRowKernel");
+  launchKernel("argmaxRowKernel", argmaxRowKernel, dim3(unsigned(gridFor(rows, 1, 1 << 20))),
+               dim3(kRowThreads), 0, stream_, out, x, rows, cols);
 }
 
 void CudaBackend::adamwStep(float* param, const float* grad, float* m, float* v, int64_t count,

@@ -8,6 +8,7 @@
 // scale gradient then contracts H = Z * G with the scaling vectors by suffix
 // contractions and prefix weights, never dividing by l.
 #include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "cuda/cuda_backend.h"
@@ -21,19 +22,22 @@ namespace {
 
 __global__ void __launch_bounds__(kPhaseAThreads, 3)
     phaseAKernel(const __grid_constant__ PhaseAParams params, const float* in, float* staged) {
-  extern __shared__ __align__(16) float smem[];
+  TERA_DYNAMIC_SHARED(float, smem);
   phaseABody(DeviceCtx(), params, in, staged, smem);
 }
 
 template <int J0MAX, int PMAX>
 __global__ void __launch_bounds__(kPhaseBThreads, 1)
     phaseBKernel(const __grid_constant__ PhaseBParams params, const float* staged, float* out) {
-  extern __shared__ __align__(16) float smem[];
+  TERA_DYNAMIC_SHARED(float, smem);
   phaseBBody<J0MAX, PMAX>(DeviceCtx(), params, staged, out, smem);
 }
 
-__global__ void columnDotsKernel(const float* a, const float* b, int64_t rows, int64_t cols,
-                                 float alpha, double* out) {
+constexpr int kColumnDotsThreads = 256;
+
+__global__ void __launch_bounds__(kColumnDotsThreads)
+    columnDotsKernel(const float* a, const float* b, int64_t rows, int64_t cols, float alpha,
+                     double* out) {
   columnDotsBody(DeviceCtx(), a, b, rows, cols, alpha, out);
 }
 
@@ -41,12 +45,14 @@ __global__ void columnDotsKernel(const float* a, const float* b, int64_t rows, i
 struct AddBaseOp {
   float* out;
   const float* base;
-  __device__ void operator()(int64_t i) const { out[i] = base[i] + out[i]; }
+  TERA_DEV void operator()(int64_t i) const { out[i] = base[i] + out[i]; }
 };
 
+constexpr int kContractThreads = 256;
+
 template <typename T>
-__global__ void contractLastKernel(const T* in, int64_t rows, int64_t R, const float* l,
-                                   double* out) {
+__global__ void __launch_bounds__(kContractThreads)
+    contractLastKernel(const T* in, int64_t rows, int64_t R, const float* l, double* out) {
   contractLastBody(DeviceCtx(), in, rows, R, l, out);
 }
 
@@ -56,14 +62,14 @@ template <typename T>
 __global__ void __launch_bounds__(kColumnThreads)
     weightedColumnPartialKernel(const double* weight, const T* s, int64_t rows, int64_t R,
                                 int64_t chunk, double* partial) {
-  __shared__ double smem[kColumnThreads];
+  TERA_SHARED_ARRAY(double, smem, kColumnThreads);
   weightedColumnPartialBody(DeviceCtx(), weight, s, rows, R, chunk, partial, smem);
 }
 
 struct FillDoubleOp {
   double* out;
   double value;
-  __device__ void operator()(int64_t i) const { out[i] = value; }
+  TERA_DEV void operator()(int64_t i) const { out[i] = value; }
 };
 
 using PhaseAFn = void (*)(PhaseAParams, const float*, float*);
@@ -95,7 +101,7 @@ void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64
                                    const float* in, const float* const* mats, float* out,
                                    const float* base) {
   FusedPlan plan;
-  if (planFused(order, inDims, outDims, mats, size_t(sharedMemoryOptin_), &plan)) {
+  if (planFused(order, inDims, outDims, mats, size_t(planSharedMemory_), &plan)) {
     plan.b.base = base;
     float* staged = scratchFloats(kScratchStaged, plan.stagedFloats);
     const int64_t w = int64_t(1) << plan.b.widthLog2;
@@ -108,16 +114,16 @@ void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64
         int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(kPhaseA), kPhaseAThreads,
                                         plan.smemA)) *
         multiprocessors_;
-    const int64_t gridA = std::min<int64_t>(plan.a.slabs, residentA);
-    kPhaseA<<<int(gridA), kPhaseAThreads, plan.smemA, stream_>>>(plan.a, in, staged);
-    checkLaunch("tucker pass A");
+    const int gridA = gridFor(plan.a.slabs, 1, int(std::min<int64_t>(residentA, INT_MAX)));
+    launchKernel("tucker pass A", kPhaseA, dim3(unsigned(gridA)), dim3(kPhaseAThreads), plan.smemA,
+                 stream_, plan.a, in, staged);
     const PhaseBFn phaseB = phaseBFor(plan.j0max);
     const int64_t residentB = int64_t(blocksPerMultiprocessor(reinterpret_cast<const void*>(phaseB),
                                                               kPhaseBThreads, plan.smemB)) *
                               multiprocessors_;
-    const int64_t gridB = std::min<int64_t>(plan.b.colBlocks, residentB);
-    phaseB<<<int(gridB), kPhaseBThreads, plan.smemB, stream_>>>(plan.b, staged, out);
-    checkLaunch("tucker pass B");
+    const int gridB = gridFor(plan.b.colBlocks, 1, int(std::min<int64_t>(residentB, INT_MAX)));
+    launchKernel("tucker pass B", phaseB, dim3(unsigned(gridB)), dim3(kPhaseBThreads), plan.smemB,
+                 stream_, plan.b, staged, out);
     return;
   }
   // Successive mode products, last mode first, through two scratch buffers.
@@ -232,9 +238,8 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
   peelGradients(static_cast<const float*>(h), N, R, scales, gradScales);
 }
 
-void CudaBackend::tuckerCoreGrad(int order, const int64_t* ranks, const float* z,
-                                 const float* core, const float* const* scales,
-                                 float* const* gradScales) {
+void CudaBackend::tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                                 const float* const* scales, float* const* gradScales) {
   if (order < 1 || order > kMaxOrder) throw Error("tuckerCoreGrad: bad order");
   const int64_t coreSize = product(ranks, 0, order);
   float* h = scratchFloats(kScratchCore, coreSize);
@@ -243,8 +248,8 @@ void CudaBackend::tuckerCoreGrad(int order, const int64_t* ranks, const float* z
 }
 
 template <typename T>
-void CudaBackend::peelGradients(const T* h, int order, const int64_t* R,
-                                const float* const* scales, float* const* gradScales) {
+void CudaBackend::peelGradients(const T* h, int order, const int64_t* R, const float* const* scales,
+                                float* const* gradScales) {
   const int N = order;
   // lead[n] = R_0 * ... * R_{n-1}. suffix[n] (n >= 1, size lead[n]) is H contracted
   // with l_n..l_{N-1}; weights[n] (size lead[n]) = l_0 (x) ... (x) l_{n-1}.
@@ -275,28 +280,29 @@ void CudaBackend::peelGradients(const T* h, int order, const int64_t* R,
   auto scaleOf = [&](int n) { return scales ? scales[n] : nullptr; };
 
   for (int n = N - 1; n >= 1; --n) {
-    const int grid = gridFor(lead[n], 256);
+    const dim3 grid(unsigned(gridFor(lead[n], kContractThreads)));
     if (n == N - 1) {
-      contractLastKernel<T>
-          <<<grid, 256, 0, stream_>>>(h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
+      launchKernel("contractLast", contractLastKernel<T>, grid, dim3(kContractThreads), 0, stream_,
+                   h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
     } else {
-      contractLastKernel<double><<<grid, 256, 0, stream_>>>(
-          work + suffixOffset[n + 1], lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
+      launchKernel("contractLast", contractLastKernel<double>, grid, dim3(kContractThreads), 0,
+                   stream_, work + suffixOffset[n + 1], lead[n], R[n], scaleOf(n),
+                   work + suffixOffset[n]);
     }
-    checkLaunch("contractLast");
   }
   launchForEach(stream_, 1, FillDoubleOp{work + weightOffset[0], 1.0}, "FillDoubleOp");
   for (int n = 0; n < N; ++n) {
     const double* weight = work + weightOffset[n];
-    const int grid = int(std::min<int64_t>(chunks[n], 1 << 16));
+    const dim3 grid(unsigned(gridFor(chunks[n], 1)));
     if (n == N - 1) {
-      weightedColumnPartialKernel<T>
-          <<<grid, kColumnThreads, 0, stream_>>>(weight, h, lead[n], R[n], chunkRows[n], partial);
+      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<T>, grid,
+                   dim3(kColumnThreads), 0, stream_, weight, h, lead[n], R[n], chunkRows[n],
+                   partial);
     } else {
-      weightedColumnPartialKernel<double><<<grid, kColumnThreads, 0, stream_>>>(
-          weight, work + suffixOffset[n + 1], lead[n], R[n], chunkRows[n], partial);
+      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<double>, grid,
+                   dim3(kColumnThreads), 0, stream_, weight, work + suffixOffset[n + 1], lead[n],
+                   R[n], chunkRows[n], partial);
     }
-    checkLaunch("weightedColumnPartial");
     launchForEach(stream_, R[n], ChunkFinalOp{gradScales[n], partial, R[n], chunks[n]},
                   "ChunkFinalOp");
     if (n + 1 < N) {
@@ -307,9 +313,9 @@ void CudaBackend::peelGradients(const T* h, int order, const int64_t* R,
   }
 }
 
-void CudaBackend::kroneckerRows(int64_t rows, const TuckerShape& shape,
-                                const float* const* factors, const float* const* scales,
-                                float alpha, bool contract, const float* x, float* y) {
+void CudaBackend::kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                                const float* const* scales, float alpha, bool contract,
+                                const float* x, float* y) {
   const int Q = shape.order;
   if (Q < 1 || Q > kMaxOrder) throw Error("kroneckerRows: bad order");
   // M_n = A_n diag(s_n) ([I, R]) to expand, its transpose ([R, I]) to contract;
@@ -350,8 +356,8 @@ void CudaBackend::kroneckerRows(int64_t rows, const TuckerShape& shape,
   const float* src = x;
   for (int n = Q - 1; n >= 0; --n) {
     float* dst = n == 0 ? y : (src == ping ? pong : ping);
-    modeProductGemm(rows * product(cur, 0, n), cur[n], product(cur, n + 1, Q), out[n], mats[n],
-                    src, dst);
+    modeProductGemm(rows * product(cur, 0, n), cur[n], product(cur, n + 1, Q), out[n], mats[n], src,
+                    dst);
     cur[n] = out[n];
     src = dst;
   }
@@ -380,8 +386,8 @@ void CudaBackend::kroneckerScaleGrad(int64_t rows, int order, const int64_t* ran
   if (order < 1 || order > kMaxOrder) throw Error("kroneckerScaleGrad: bad order");
   const int64_t cols = product(ranks, 0, order);
   double* m = scratchDoubles(kScratchColumnDots, cols);
-  columnDotsKernel<<<gridFor(cols, 256), 256, 0, stream_>>>(a, b, rows, cols, alpha, m);
-  checkLaunch("columnDots");
+  launchKernel("columnDots", columnDotsKernel, dim3(unsigned(gridFor(cols, kColumnDotsThreads))),
+               dim3(kColumnDotsThreads), 0, stream_, a, b, rows, cols, alpha, m);
   peelGradients(static_cast<const double*>(m), order, ranks, scales, gradScales);
 }
 

@@ -265,8 +265,9 @@ TERA_DEV void rowSumBody(const Ctx& c, float* out, const float* x, int64_t rows,
     smem[c.tid()] = acc;
     c.sync();
     blockTreeSum(c, smem);
+    // No barrier before the next row: only thread 0 reads slot 0, and it is the
+    // thread that writes slot 0 next.
     if (c.tid() == 0) out[i] = float(smem[0] + (beta == 0.0f ? 0.0 : double(beta) * out[i]));
-    c.sync();
   }
 }
 
@@ -323,17 +324,6 @@ struct ChunkFinalOp {
 };
 
 // Records the first row whose label is not an integral class index.
-TERA_DEV void atomicMinU64(unsigned long long* address, unsigned long long value) {
-#ifdef __CUDA_ARCH__
-  atomicMin(address, value);
-#else
-  unsigned long long seen = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (value < seen && !__atomic_compare_exchange_n(address, &seen, value, true, __ATOMIC_RELAXED,
-                                                      __ATOMIC_RELAXED)) {
-  }
-#endif
-}
-
 struct LabelCheckOp {
   const float* labels;
   int64_t classes;
@@ -341,7 +331,7 @@ struct LabelCheckOp {
   TERA_DEV void operator()(int64_t i) const {
     const float label = labels[i];
     if (!(label >= 0.0f && label < float(classes)) || label != floorf(label)) {
-      atomicMinU64(firstBad, (unsigned long long)i);
+      atomicMin(firstBad, (unsigned long long)i);
     }
   }
 };
@@ -430,8 +420,9 @@ TERA_DEV void argmaxRowBody(const Ctx& c, float* out, const float* x, int64_t ro
       }
       c.sync();
     }
+    // No barrier before the next row: only thread 0 reads slot 0, and it is the
+    // thread that writes slot 0 next.
     if (c.tid() == 0) out[i] = float(smemIndex[0] == none ? 0 : smemIndex[0]);
-    c.sync();
   }
 }
 

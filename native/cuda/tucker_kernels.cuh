@@ -1,7 +1,7 @@
 // Kernel bodies of the fused multi-mode product Y = X x_1 M_1 ... x_N M_N that
 // Tucker reconstruction (M_n = A_n diag(l_n), optionally added to a base) and
-// the core-space projection of the gradient (M_n = A_n^T) share, the host
-// planner that lays them out, the kernels of the scaling-vector gradient, and
+// the core-space projection of the gradient (M_n = A_n^T) share (tucker_plan.h
+// lays them out on the host), the kernels of the scaling-vector gradient, and
 // the factored path's Kronecker scaling and its column sums.
 //
 // Two passes, each reading and writing device memory once:
@@ -25,83 +25,11 @@
 // in distinct banks.
 #pragma once
 
-#include <algorithm>
-
-#include "core/shape.h"
 #include "cuda/kernel_common.cuh"
+#include "cuda/tucker_plan.h"
 
 namespace tera {
 namespace cuda {
-
-constexpr int kPhaseAThreads = 256;
-constexpr int kPhaseBThreads = 512;
-constexpr int kPhaseAStages = 2;         // slabs in flight per block
-constexpr int kPhaseBStages = 2;         // batches of tiles in flight per block
-constexpr int kPhaseATile = 8;           // JT: outputs per thread tile in pass A
-constexpr int kPhaseBTile = 4;           // and in pass B (its accumulators need the registers)
-constexpr int kPhaseBAccumulators = 64;  // registers per thread for the output columns
-
-// How a step's threads read their 4 fibers.
-enum StepMode {
-  kStepScalar = 0,  // any layout: 4 fibers 32 apart, one float each per k
-  kStepVecQ = 1,    // Q % 4 == 0: 4 consecutive q of one p, one 16-byte load per k
-  kStepVecK = 2     // Q == 1: fibers are rows, 16-byte loads along k
-};
-
-// One mode applied inside a block: in [P, K, Q] -> out [P, J, Q], q contiguous.
-// Input (p, k, q) is at p * inStrideP + k * inStrideK + q; output (p, j, q) at
-// (p / outSplit) * outStrideP2 + (p % outSplit) * outStrideP + j * outStrideJ + q
-// (outSplit is the next step's K, so the next step sees rows of stride
-// outStrideP and row groups of stride outStrideP2).
-struct ModeStep {
-  int K = 0, J = 0, Q = 1;
-  int mode = kStepScalar;
-  int fibers = 0;  // P * Q
-  FastDiv byQ;
-  int jBlocks = 1;  // ceil(J / JT)
-  FastDiv byJBlocks;
-  int inStrideP = 0, inStrideK = 0;
-  FastDiv outSplit;
-  int outStrideP2 = 0, outStrideP = 0, outStrideJ = 0;
-  int jPad = 0;  // row length of the transposed matrix: J rounded up to JT
-  int mat = 0;   // float offset of this mode's zero-padded M^T [K][jPad] in shared memory
-};
-
-// A group of consecutive modes applied by one block, last mode first.
-struct GroupPlan {
-  int steps = 0;
-  ModeStep step[kMaxOrder];
-  const float* mats[kMaxOrder] = {};  // global [J][K] row-major, per step
-  int matFloats = 0;                  // shared matrix area (phase B adds M_0^T)
-  int stageFloats = 0;                // one input stage, in the first step's layout
-  int bufFloats = 0;                  // a ping-pong buffer (pass A: one, plus the consumed stage)
-  FastDiv loadDiv;                    // input row -> (p, k) of the first step
-  int loadK = 1, loadStrideP = 0, loadStrideK = 0;
-};
-
-struct PhaseAParams {
-  GroupPlan g;
-  int64_t slabs = 0;  // rows of the input (leading index a)
-  int slabIn = 0, slabOut = 0;
-  int widthLog2 = 0;  // T's column group is 2^widthLog2
-};
-
-struct PhaseBParams {
-  GroupPlan g;
-  const float* u0 = nullptr;  // M_0, [j0][k0]
-  int k0 = 0, j0 = 0;
-  int u0Offset = 0;  // M_0^T, zero-padded [k0][J0MAX], in shared memory
-  int widthLog2 = 0;
-  int batch = 1;          // tiles (consecutive r0) per batch
-  int vStride = 0;        // distance between the tiles' results in the result buffer
-  int sliceIn = 0;        // rows of one tile: prod in-dims [1, s)
-  int positions = 0;      // outputs per r0 and block: prod out-dims [1, s) * w
-  int64_t rowsOut = 0;    // prod out-dims [1, s)
-  int64_t rowsIn = 0;     // prod in-dims [0, s): rows of T
-  int64_t rowLength = 0;  // columns of T and Y
-  int64_t colBlocks = 0;
-  const float* base = nullptr;  // when set, Y = base + the product (same layout as Y)
-};
 
 template <class Ctx>
 TERA_DEV void loadGroupMats(const Ctx& c, const GroupPlan& g, float* mats) {
@@ -430,189 +358,6 @@ TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* stage
   }
 }
 
-// --- Planning (host) ------------------------------------------------------------
-
-inline int64_t product(const int64_t* dims, int begin, int end) {
-  int64_t p = 1;
-  for (int i = begin; i < end; ++i) p *= dims[i];
-  return p;
-}
-
-// Stride >= x for rows of q contiguous floats (q < 32), chosen so that the
-// rows a warp touches start in different banks and stay 16-byte aligned: an
-// odd multiple of max(4, the power of two >= q). Wider rows are left compact.
-inline int64_t padRow(int64_t x, int64_t q) {
-  if (q >= 32) return x;
-  int64_t g = 4;
-  while (g < q) g <<= 1;
-  int64_t s = (x + g - 1) / g * g;
-  if ((s / g) % 2 == 0) s += g;
-  return s;
-}
-
-// Plans modes [lo, hi) (applied hi-1 first) on `batch` stacked tiles of
-// 2^widthLog2 columns, with JT outputs per thread tile. Even steps write buffer
-// A, odd steps buffer B, which is the consumed stage itself when reuseStage
-// (pass A) and a second buffer of bufFloats otherwise. The last step's result
-// has one row per tile, padded to a multiple of 8 floats. False when a buffer
-// exceeds maxFloats.
-inline bool buildGroup(int lo, int hi, const int64_t* d, const int64_t* e, int widthLog2, int jt,
-                       int batch, bool reuseStage, int64_t maxFloats, const float* const* mats,
-                       GroupPlan* g) {
-  *g = GroupPlan();
-  const int64_t w = int64_t(1) << widthLog2;
-  g->steps = hi - lo;
-  if (g->steps == 0) {  // a tile is one row of w columns, stored in 8 floats
-    g->stageFloats = 8 * batch;
-    g->loadK = 1;
-    g->loadDiv = makeFastDiv(1);
-    g->loadStrideP = g->loadStrideK = 8;
-    return true;
-  }
-  int64_t inStrideP = 0, inStrideK = 0, stageFloats = 0, evenNeed = 0, oddNeed = 0;
-  int64_t matOffset = 0;
-  for (int i = 0; i < g->steps; ++i) {
-    const int n = hi - 1 - i;
-    const int64_t K = d[n], J = e[n];
-    const int64_t P = product(d, lo, n) * batch, Q = product(e, n + 1, hi) * w;
-    if (i == 0) {  // the stage, filled by the tile loader
-      inStrideK = Q;
-      inStrideP = padRow(K * Q, Q);
-    }
-    // Output rows (p) of J * Q floats; rows grouped by the next step's K.
-    const bool last = n == lo;
-    const int64_t split = last ? 1 : d[n - 1];
-    const int64_t rowStride = last ? (J * Q + 7) / 8 * 8 : padRow(J * Q, Q);
-    const int64_t nextQ = J * Q;
-    const int64_t groupStride = last ? rowStride : padRow(split * rowStride, nextQ);
-    const int64_t inNeed = P * inStrideP;
-    const int64_t outNeed = (P / split) * groupStride;
-    const int64_t jPad = (J + jt - 1) / jt * jt;
-    if (inNeed > maxFloats || outNeed > maxFloats || K * jPad > maxFloats || P * Q > maxFloats) {
-      return false;
-    }
-    if (i == 0) stageFloats = inNeed;
-    int64_t& need = i % 2 == 0 ? evenNeed : oddNeed;
-    need = std::max(need, outNeed + 4);  // VecK stores round J up to 4
-    ModeStep& st = g->step[i];
-    st.K = int(K);
-    st.J = int(J);
-    st.Q = int(Q);
-    st.fibers = int(P * Q);
-    st.byQ = makeFastDiv(uint32_t(Q));
-    st.jBlocks = int(jPad / jt);
-    st.byJBlocks = makeFastDiv(uint32_t(st.jBlocks));
-    st.inStrideP = int(inStrideP);
-    st.inStrideK = int(inStrideK);
-    st.outSplit = makeFastDiv(uint32_t(split));
-    st.outStrideP2 = int(groupStride);
-    st.outStrideP = int(rowStride);
-    st.outStrideJ = int(Q);
-    st.jPad = int(jPad);
-    st.mat = int(matOffset);
-    const bool aligned =
-        inStrideP % 4 == 0 && inStrideK % 4 == 0 && rowStride % 4 == 0 && groupStride % 4 == 0;
-    if (Q == 1 && inStrideK == 1 && inStrideP % 4 == 0 && (last || rowStride % 4 == 0)) {
-      st.mode = kStepVecK;
-    } else if (Q % 4 == 0 && aligned) {
-      st.mode = kStepVecQ;
-    } else {
-      st.mode = kStepScalar;
-    }
-    matOffset += K * jPad;
-    g->mats[i] = mats[n];
-    // The next step reads rows of this output: k stride rowStride, p stride groupStride.
-    inStrideK = rowStride;
-    inStrideP = groupStride;
-  }
-  // Multiples of 8 floats: buffers stay 16-byte aligned, and pass B may read a
-  // whole group of positions past the last valid one.
-  g->matFloats = int(matOffset);
-  if (reuseStage) stageFloats = std::max(stageFloats, oddNeed);
-  const int64_t bufFloats = reuseStage ? evenNeed : std::max(evenNeed, oddNeed);
-  if (stageFloats > maxFloats || bufFloats > maxFloats) return false;
-  g->stageFloats = int((stageFloats + 7) / 8 * 8);
-  g->bufFloats = int((bufFloats + 7) / 8 * 8);
-  g->loadK = g->step[0].K;
-  g->loadDiv = makeFastDiv(uint32_t(g->loadK));
-  g->loadStrideP = g->step[0].inStrideP;
-  g->loadStrideK = g->step[0].inStrideK;
-  return true;
-}
-
-struct FusedPlan {
-  PhaseAParams a;
-  PhaseBParams b;
-  size_t smemA = 0, smemB = 0;
-  int j0max = 8;
-  int64_t stagedFloats = 0;
-};
-
-inline size_t smemBytes(int64_t mats, int stages, int64_t stage, int64_t buf, int bufs) {
-  return size_t(mats + stages * stage + bufs * buf) * sizeof(float);
-}
-
-inline bool planFused(int order, const int64_t* d, const int64_t* e, const float* const* mats,
-                      size_t smemLimit, FusedPlan* plan) {
-  if (order < 2 || e[0] > 32) return false;
-  const int j0max = e[0] <= 8 ? 8 : e[0] <= 16 ? 16 : 32;
-  const int64_t positionsCap = int64_t(kPhaseBThreads) * (kPhaseBAccumulators / j0max);
-  // Pass A keeps at most ~100 KiB per block so that two or more blocks share an SM.
-  const size_t limitA = std::min<size_t>(smemLimit, 100 * 1024);
-  for (int s = 1; s < order; ++s) {
-    GroupPlan ga;
-    if (!buildGroup(s, order, d, e, 0, kPhaseATile, 1, true, int64_t(limitA / 4), mats, &ga)) {
-      continue;
-    }
-    const size_t smemA = smemBytes(ga.matFloats, kPhaseAStages, ga.stageFloats, ga.bufFloats, 1);
-    if (smemA > limitA) continue;
-    const int64_t sliceIn = product(d, 1, s), rowsOut = product(e, 1, s);
-    // Widest column groups first (coalescing), then the largest batch of tiles
-    // that fits (more parallel work per step, deeper prefetch).
-    for (int trial = 0; trial < 12; ++trial) {
-      const int widthLog2 = 3 - trial / 3, batch = 4 >> (trial % 3);
-      const int64_t w = int64_t(1) << widthLog2;
-      if (rowsOut * w > positionsCap) continue;
-      GroupPlan gb;
-      if (!buildGroup(1, s, d, e, widthLog2, kPhaseBTile, batch, false, int64_t(smemLimit / 4),
-                      mats, &gb)) {
-        continue;
-      }
-      const int64_t u0Offset = gb.matFloats;
-      const int64_t matFloatsB = u0Offset + d[0] * j0max;
-      const size_t smemB = smemBytes(matFloatsB, kPhaseBStages, gb.stageFloats, gb.bufFloats, 2);
-      if (smemB > smemLimit) continue;
-      const int64_t slabs = product(d, 0, s), rowLength = product(e, s, order);
-      plan->a.g = ga;
-      plan->a.slabs = slabs;
-      plan->a.slabIn = int(product(d, s, order));
-      plan->a.slabOut = int(rowLength);
-      plan->a.widthLog2 = widthLog2;
-      gb.matFloats = int(matFloatsB);
-      plan->b.g = gb;
-      plan->b.u0 = mats[0];
-      plan->b.k0 = int(d[0]);
-      plan->b.j0 = int(e[0]);
-      plan->b.u0Offset = int(u0Offset);
-      plan->b.widthLog2 = widthLog2;
-      plan->b.batch = batch;
-      plan->b.vStride = gb.steps == 0 ? 8 : gb.step[gb.steps - 1].outStrideP;
-      plan->b.sliceIn = int(sliceIn);
-      plan->b.positions = int(rowsOut * w);
-      plan->b.rowsOut = rowsOut;
-      plan->b.rowsIn = slabs;
-      plan->b.rowLength = rowLength;
-      plan->b.colBlocks = (rowLength + w - 1) / w;
-      plan->smemA = smemA;
-      plan->smemB = smemB;
-      plan->j0max = j0max;
-      plan->stagedFloats = plan->b.colBlocks * slabs * w;
-      return true;
-    }
-  }
-  return false;
-}
-
 // --- The factored path's scalings ----------------------------------------------
 
 // y[t, r] = x[t, r] * float(alpha * s_0[r_0] * ... * s_{Q-1}[r_{Q-1}]), the
@@ -632,7 +377,8 @@ struct KroneckerScaleOp {
       rest /= ranks[n];
     }
     double lambda = 1.0;
-    for (int n = 0; n < order; ++n) lambda = lambda * (scales[n] ? double(scales[n][index[n]]) : 1.0);
+    for (int n = 0; n < order; ++n)
+      lambda = lambda * (scales[n] ? double(scales[n][index[n]]) : 1.0);
     y[i] = x[i] * float(double(alpha) * lambda);
   }
 };

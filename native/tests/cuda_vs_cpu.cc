@@ -1,10 +1,27 @@
 // Every kernel of the CUDA backend against the CPU backend (the reference) on
-// random inputs, plus the GPU benchmark figures: Tucker reconstruction of a
-// 4096 x 4096 update against a device-to-device copy of the same bytes, and
-// SGEMM GFLOP/s. Prints one line per check and ends with "N passed, M failed";
-// without a usable CUDA device it prints "SKIPPED: <reason>" and passes.
-// TERA_TEST_QUICK=1 skips the benchmarks and the Tucker shapes over 2^20
-// elements (for compute-sanitizer runs).
+// random inputs. The same checks are built twice:
+//  - tera_native_tests runs them on a GPU: the full size lists (past 2^31
+//    elements where device and host memory allow, more than 65,535 GEMM
+//    batches, reductions past the fixed grid, ranks above 256), the walk over
+//    every fused Tucker plan under shared-memory caps, the grid-stride loops
+//    on grids capped at 2 blocks, and the GPU benchmarks;
+//  - tera_emulation_asan and tera_emulation_tsan run them on the host emulation
+//    of the CUDA backend (native/tests/emulation) under AddressSanitizer and
+//    ThreadSanitizer, on sizes an emulated block gets through quickly, with
+//    the same walk and grid-stride checks. cuBLAS is emulated by OpenBLAS
+//    there, so its GEMM checks compare OpenBLAS with itself except where our
+//    own kernels run (k = 0, the mode products' matrix preparation).
+// Prints one line per check (PASS, FAIL, or NOTRUN when memory is short) and
+// ends with "N passed, M failed". Exit status: 0 when every check passed, 1
+// when one failed, 2 on bad arguments, 77 without a usable CUDA device (it
+// prints "SKIPPED: <reason>" and runs nothing).
+//
+// Options:
+//   --probe       print the device and exit (0), or SKIPPED (77)
+//   --sanitizer   for compute-sanitizer runs: small sizes, no deliberate error
+//                 (the huge allocation), no benchmarks
+//   --only GROUP  run one group of checks (see kGroups)
+//   --barriers    (emulation) list every __syncthreads site reached
 //
 // Tolerances: a check passes when |gpu - cpu| <= rtol * |cpu| + atol everywhere.
 //  - Exact (0, 0): memory ops, fill, axpby, multiply, scaleMatrix, addRowVector,
@@ -26,32 +43,157 @@
 //    projected gradient (float intermediates over up to 2^24 entries).
 //  - sum, dot, loss (double accumulation of floats): rtol 1e-12 / 1e-9; sumAxis
 //    (double accumulation rounded to float): rtol 2.5e-7 (one float ulp).
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <map>
+#include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/errors.h"
 #include "core/shape.h"
+#include "cuda/test_hooks.h"
+#include "cuda/tucker_plan.h"
+#ifdef TERA_HOST_EMULATION
+#include "tests/emulation/device_runtime.h"
+#endif
 
 using namespace tera;
 
 namespace {
 
+#ifdef TERA_HOST_EMULATION
+constexpr bool kEmulated = true;
+#else
+constexpr bool kEmulated = false;
+#endif
+#ifdef __SANITIZE_THREAD__
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
+const char* const kGroups[] = {"memory", "random",      "elementwise", "matrix", "softmax",
+                               "gemm",   "modeProduct", "tucker",      "plans",  "factored",
+                               "grid",   "large",       "bench"};
+
+struct Options {
+  bool probe = false, sanitizer = false, barriers = false;
+  std::string only;
+  bool runs(const char* group) const { return only.empty() || only == group; }
+};
+
 int passed = 0, failed = 0;
-const bool quick = std::getenv("TERA_TEST_QUICK") != nullptr;
+
+using Shape2 = std::array<int64_t, 2>;
+using Shape3 = std::array<int64_t, 3>;
+
+// The sizes each kind of run checks: a GPU gets through large ones in
+// milliseconds, an emulated block runs one fiber per CUDA thread.
+struct Sizes {
+  std::vector<int64_t> randomCounts, elementwiseCounts;
+  std::vector<Shape2> matrixShapes, softmaxShapes;
+  std::vector<Shape3> gemmShapes;
+  std::vector<std::vector<int64_t>> modeProductShapes;
+  double tuckerCostLimit;  // fixed Tucker cases costing more are left out (see planCost)
+  double planBudget;       // the plan walk's cases beyond those that reach a new plan
+  int planCases;           // at most this many cases in the walk
+  // The factored path's kernels: (modes, ranks) of one side of a layer, and rows of activations.
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> factoredCases;
+  int64_t factoredRows;
+};
+
+Sizes makeSizes(const Options& options) {
+  Sizes s;
+  if (kEmulated && kThreadSanitizer) {  // a fiber switch costs ~30 us under ThreadSanitizer
+    s.randomCounts = {1, 1001};
+    s.elementwiseCounts = {1, 1000};
+    s.matrixShapes = {{1, 1}, {3, 7}, {40, 3}, {9, 300}};
+    s.softmaxShapes = {{1, 1}, {5, 3}, {20, 10}};
+    s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {5, 9, 0}};
+    s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}};
+    s.tuckerCostLimit = 1e4;
+    s.planBudget = 1e5;
+    s.planCases = 120;
+    s.factoredCases = {{{4, 4, 4}, {2, 3, 4}}, {{5, 3}, {2, 3}}, {{43}, {16}}};
+    s.factoredRows = 5;
+  } else if (kEmulated) {
+    s.randomCounts = {1, 1001, 5000};
+    s.elementwiseCounts = {1, 1000, 3001};
+    s.matrixShapes = {{1, 1}, {3, 7}, {40, 3}, {9, 300}, {600, 5}, {2, 3000}};  // 600: 2 chunks
+    s.softmaxShapes = {{1, 1}, {5, 3}, {20, 10}, {3, 700}, {40, 2}};
+    s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {5, 9, 0}};
+    s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}, {2, 3, 4, 5}};
+    s.tuckerCostLimit = 1e6;
+    s.planBudget = 1e7;
+    s.planCases = 300;
+    s.factoredCases = {{{8, 8, 8}, {8, 8, 8}},
+                       {{8, 8, 8}, {4, 4, 4}},
+                       {{7, 8, 14}, {7, 8, 14}},
+                       {{5, 3}, {2, 3}},
+                       {{128}, {128}}};
+    s.factoredRows = 13;
+  } else if (options.sanitizer) {
+    s.randomCounts = {1, 1001, int64_t(1) << 16};
+    s.elementwiseCounts = {1, 1000, 100003};
+    s.matrixShapes = {{1, 1}, {3, 7}, {1000, 3}, {37, 1000}, {1500, 33}, {2, 70000}};
+    s.softmaxShapes = {{1, 1}, {5, 3}, {64, 10}, {7, 3000}, {300, 2}};
+    s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {5, 9, 0}};
+    s.modeProductShapes = {{7}, {4, 6}, {3, 5, 2}, {2, 3, 4, 5}, {16, 16, 16}};
+    s.tuckerCostLimit = 2e6;  // racecheck slows kernels down a hundredfold
+    s.planBudget = 0;         // the cases that reach every plan, no more
+    s.planCases = 0;
+    s.factoredCases = {{{16, 16, 16}, {4, 4, 4}}, {{7, 8, 14}, {7, 8, 14}}, {{5, 3}, {2, 3}}};
+    s.factoredRows = 37;
+  } else {
+    s.randomCounts = {1, 1001, int64_t(1) << 20};
+    s.elementwiseCounts = {1, 1000, 100003, (int64_t(1) << 22) + 3};  // past the reduction grid
+    s.matrixShapes = {{1, 1},     {3, 7},     {1000, 3}, {37, 1000},
+                      {1500, 33}, {2, 70000}, {70000, 3}};  // 70000 rows: chunks of 1094 rows
+    s.softmaxShapes = {{1, 1}, {5, 3}, {64, 10}, {7, 3000}, {300, 2}};
+    s.gemmShapes = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {128, 96, 200}, {5, 9, 0}};
+    s.modeProductShapes = {{7},          {4, 6},       {3, 5, 2}, {2, 3, 4, 5},
+                           {16, 16, 16}, {70001, 3, 2}};  // 70001 batches of a strided GEMM
+    s.tuckerCostLimit = 1e300;
+    s.planBudget = 1e9;
+    s.planCases = 400;
+    s.factoredCases = {{{16, 16, 16}, {16, 16, 16}},
+                       {{16, 16, 16}, {4, 4, 4}},
+                       {{7, 8, 14}, {7, 8, 14}},
+                       {{16, 16, 43}, {16, 16, 16}},
+                       {{784}, {784}},
+                       {{5, 3}, {2, 3}}};
+    s.factoredRows = 37;
+  }
+  return s;
+}
+
+Options options;  // from the command line
+
+const Sizes& sizes() {
+  static const Sizes instance = makeSizes(options);
+  return instance;
+}
+
+// Appended to every check's name while a group runs under a testing cap.
+std::string context;
 
 void report(bool ok, const std::string& name, const std::string& detail) {
   (ok ? passed : failed)++;
-  std::printf("%s %s%s%s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.empty() ? "" : ": ",
-              detail.c_str());
+  std::printf("%s %s%s%s%s\n", ok ? "PASS" : "FAIL", name.c_str(), context.c_str(),
+              detail.empty() ? "" : ": ", detail.c_str());
   std::fflush(stdout);
 }
 
@@ -76,10 +218,17 @@ struct Buffer {
 
 std::mt19937_64 rng(20260101);
 
+// Uniform in [low, high): a counter-based generator, fast enough for 2^31 elements.
 std::vector<float> randomVector(int64_t n, float low = -1.0f, float high = 1.0f) {
-  std::uniform_real_distribution<float> dist(low, high);
+  const uint64_t seed = rng();
   std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = dist(rng);
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint64_t z = seed + (uint64_t(i) + 1) * 0x9e3779b97f4a7c15ull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    v[i] = low + (high - low) * float(double(z >> 40) * 0x1p-24);
+  }
   return v;
 }
 
@@ -160,15 +309,9 @@ void both(const std::string& name, std::vector<std::vector<float>> inputs,
   }
 }
 
-std::string shapeName(const std::vector<int64_t>& modes, const std::vector<int64_t>& ranks) {
-  std::string s = "modes " + formatShape(modes.data(), int(modes.size()));
-  if (ranks != modes) s += " ranks " + formatShape(ranks.data(), int(ranks.size()));
-  return s;
-}
-
 // --- Checks --------------------------------------------------------------------------
 
-void checkMemory(Backend& gpu) {
+void checkMemory(Backend& gpu, bool deliberateErrors) {
   try {
     Buffer zero(gpu, 1000);
     const std::vector<float> z = zero.read();
@@ -181,6 +324,7 @@ void checkMemory(Backend& gpu) {
   } catch (const std::exception& e) {
     report(false, "memory", e.what());
   }
+  if (!deliberateErrors) return;  // a failed cudaMalloc is an error to compute-sanitizer
   try {
     float* p = gpu.allocate(int64_t(1) << 46);
     gpu.release(p);
@@ -192,7 +336,7 @@ void checkMemory(Backend& gpu) {
 }
 
 void checkRandom(Backend& cpu, Backend& gpu) {
-  for (int64_t n : {int64_t(1), int64_t(1001), int64_t(1) << 20}) {
+  for (int64_t n : sizes().randomCounts) {
     for (Distribution d : {Distribution::Uniform, Distribution::Normal}) {
       const bool normal = d == Distribution::Normal;
       const uint64_t seed = 0x1234567890abcdefull + uint64_t(n), stream = normal ? 7 : (1ull << 40);
@@ -208,8 +352,23 @@ void checkRandom(Backend& cpu, Backend& gpu) {
   }
 }
 
+void checkSumDot(Backend& cpu, Backend& gpu, int64_t n) {
+  const std::string sn = " n=" + std::to_string(n);
+  try {
+    const std::vector<float> x = randomVector(n), y = randomVector(n);
+    double l1 = 0;
+    for (float v : x) l1 += std::fabs(v);
+    Buffer cx(cpu, x), cy(cpu, y), gx(gpu, x), gy(gpu, y);
+    compareScalar("sum" + sn, cpu.sum(cx.data, n), gpu.sum(gx.data, n), 1e-12, 1e-12 * l1);
+    compareScalar("dot" + sn, cpu.dot(cx.data, cy.data, n), gpu.dot(gx.data, gy.data, n), 1e-12,
+                  1e-12 * l1);
+  } catch (const std::exception& e) {
+    report(false, "sum/dot" + sn, e.what());
+  }
+}
+
 void checkElementwise(Backend& cpu, Backend& gpu) {
-  for (int64_t n : {int64_t(1), int64_t(1000), int64_t(100003)}) {
+  for (int64_t n : sizes().elementwiseCounts) {
     const std::string sn = " n=" + std::to_string(n);
     both(
         "fill" + sn, {randomVector(n)}, {0}, 0, 0,
@@ -261,24 +420,11 @@ void checkElementwise(Backend& cpu, Backend& gpu) {
         "sgdStep no momentum" + sn, {randomVector(n), randomVector(n)}, {0}, 0, 0,
         [&](Backend& be, std::vector<float*>& p) { be.sgdStep(p[0], p[1], nullptr, n, plain); },
         cpu, gpu);
-    std::vector<float> x = randomVector(n);
-    double refSum = cpu.sum(Buffer(cpu, x).data, n);
-    {
-      Buffer bx(cpu, x), by(cpu, randomVector(n));
-      refSum = cpu.sum(bx.data, n);
-      Buffer gx(gpu, x), gy(gpu, by.read());
-      double l1 = 0;
-      for (float v : x) l1 += std::fabs(v);
-      try {
-        compareScalar("sum" + sn, refSum, gpu.sum(gx.data, n), 1e-12, 1e-12 * l1);
-        compareScalar("dot" + sn, cpu.dot(bx.data, by.data, n), gpu.dot(gx.data, gy.data, n), 1e-12,
-                      1e-12 * l1);
-      } catch (const std::exception& e) {
-        report(false, "sum/dot" + sn, e.what());
-      }
-    }
+    checkSumDot(cpu, gpu, n);
   }
-  const int64_t shapes[][2] = {{1, 1}, {3, 7}, {1000, 3}, {37, 1000}, {1500, 33}, {2, 70000}};
+}
+
+void checkMatrix(Backend& cpu, Backend& gpu, const std::vector<Shape2>& shapes) {
   for (const auto& s : shapes) {
     const int64_t rows = s[0], cols = s[1];
     const std::string sn = " " + std::to_string(rows) + "x" + std::to_string(cols);
@@ -325,8 +471,7 @@ void checkElementwise(Backend& cpu, Backend& gpu) {
   }
 }
 
-void checkSoftmax(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][2] = {{1, 1}, {5, 3}, {64, 10}, {7, 3000}, {300, 2}};
+void checkSoftmax(Backend& cpu, Backend& gpu, const std::vector<Shape2>& shapes) {
   for (const auto& s : shapes) {
     const int64_t rows = s[0], classes = s[1];
     std::vector<float> logits = randomVector(rows * classes, -8, 8);
@@ -371,9 +516,8 @@ void checkSoftmax(Backend& cpu, Backend& gpu) {
 }
 
 void checkGemm(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {128, 96, 200}, {5, 9, 0}};
   const float coefficients[][2] = {{1.0f, 0.0f}, {0.5f, -1.5f}, {2.0f, 1.0f}};
-  for (const auto& s : shapes) {
+  for (const auto& s : sizes().gemmShapes) {
     const int64_t m = s[0], n = s[1], k = s[2];
     for (int t = 0; t < 4; ++t) {
       const bool ta = t & 1, tb = t & 2;
@@ -396,9 +540,7 @@ void checkGemm(Backend& cpu, Backend& gpu) {
 }
 
 void checkModeProduct(Backend& cpu, Backend& gpu) {
-  const std::vector<std::vector<int64_t>> shapes = {
-      {7}, {4, 6}, {3, 5, 2}, {2, 3, 4, 5}, {16, 16, 16}};
-  for (const auto& shape : shapes) {
+  for (const auto& shape : sizes().modeProductShapes) {
     const int order = int(shape.size());
     int64_t total = 1;
     for (int64_t d : shape) total *= d;
@@ -422,9 +564,368 @@ void checkModeProduct(Backend& cpu, Backend& gpu) {
   }
 }
 
+// --- Tucker ------------------------------------------------------------------------------
+
 struct TuckerCase {
   std::vector<int64_t> modes, ranks;
 };
+
+std::string shapeName(const TuckerCase& tc) {
+  std::string s = "modes " + formatShape(tc.modes.data(), int(tc.modes.size()));
+  if (tc.ranks != tc.modes) s += " ranks " + formatShape(tc.ranks.data(), int(tc.ranks.size()));
+  return s;
+}
+
+// Which Tucker operations a check runs: the first variant of each (reconstruction
+// with scales and alpha, the scale gradient overwriting gradX), or every variant
+// (also without scales, with a base added (W0 + alpha dW), and keeping gradX).
+enum TuckerOps { kReconstruct = 1, kGradient = 2, kAllVariants = 4 };
+
+void checkTuckerCase(Backend& cpu, Backend& gpu, const TuckerCase& tc, int ops,
+                     const std::string& suffix) {
+  const bool allVariants = ops & kAllVariants;
+  const TuckerShape shape = TuckerShape::make(tc.modes, tc.ranks);
+  const int N = shape.order;
+  const int64_t coreSize = shape.coreSize(), fullSize = shape.fullSize();
+  std::vector<std::vector<float>> inputs;
+  inputs.push_back(randomVector(coreSize));  // 0: core
+  for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
+  for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
+  const std::string name = shapeName(tc) + suffix;
+  Backend* backends[2] = {&cpu, &gpu};
+  // Variant 0: scales and alpha; 1: neither; 2: scales, alpha and a base.
+  const std::vector<float> base = allVariants ? randomVector(fullSize) : std::vector<float>();
+  for (int variant = 0; variant < (ops & kReconstruct ? allVariants ? 3 : 1 : 0); ++variant) {
+    std::vector<float> outs[2];
+    try {
+      for (int side = 0; side < 2; ++side) {
+        std::vector<Buffer*> bufs;
+        for (auto& h : inputs) bufs.push_back(new Buffer(*backends[side], h));
+        Buffer out(*backends[side], fullSize);
+        std::unique_ptr<Buffer> baseBuffer;
+        if (variant == 2) baseBuffer.reset(new Buffer(*backends[side], base));
+        const float* factors[kMaxOrder];
+        const float* scales[kMaxOrder];
+        for (int n = 0; n < N; ++n) {
+          factors[n] = bufs[size_t(1 + n)]->data;
+          scales[n] = variant != 1 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
+        }
+        backends[side]->tuckerReconstruct(shape, bufs[0]->data, factors, scales,
+                                          variant != 1 ? 0.625f : 1.0f, out.data,
+                                          baseBuffer ? baseBuffer->data : nullptr);
+        outs[side] = out.read();
+        for (Buffer* b : bufs) delete b;
+      }
+    } catch (const std::exception& e) {
+      report(false, "tuckerReconstruct " + name, e.what());
+      continue;
+    }
+    const char* what[3] = {" (scales, alpha)", "", " (scales, alpha, base)"};
+    compare("tuckerReconstruct " + name + what[variant], outs[0], outs[1], 1e-4,
+            2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
+  }
+  if (!(ops & kGradient)) return;
+  const std::vector<float> gradX = randomVector(fullSize);
+  for (bool overwrite : {true, false}) {
+    if (!overwrite && !allVariants) break;
+    std::vector<float> grads[2];
+    try {
+      for (int side = 0; side < 2; ++side) {
+        std::vector<Buffer*> bufs;
+        for (auto& h : inputs) bufs.push_back(new Buffer(*backends[side], h));
+        Buffer g(*backends[side], gradX);
+        const float* factors[kMaxOrder];
+        const float* scales[kMaxOrder];
+        float* gradScales[kMaxOrder];
+        std::vector<Buffer*> outBufs;
+        for (int n = 0; n < N; ++n) {
+          factors[n] = bufs[size_t(1 + n)]->data;
+          scales[n] = n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
+          outBufs.push_back(new Buffer(*backends[side], shape.ranks[n]));
+          gradScales[n] = outBufs.back()->data;
+        }
+        backends[side]->tuckerScaleGrad(shape, g.data, bufs[0]->data, factors, scales, gradScales,
+                                        overwrite);
+        for (Buffer* b : outBufs) {
+          const std::vector<float> v = b->read();
+          grads[side].insert(grads[side].end(), v.begin(), v.end());
+          delete b;
+        }
+        for (Buffer* b : bufs) delete b;
+      }
+    } catch (const std::exception& e) {
+      report(false, "tuckerScaleGrad " + name, e.what());
+      continue;
+    }
+    compare("tuckerScaleGrad " + name + (overwrite ? " (overwrite gradX)" : ""), grads[0], grads[1],
+            1e-3, 1e-4 * maxAbs(grads[0]));
+  }
+}
+
+// What one multi-mode product (in dims d, out dims e) runs under a shared-memory
+// limit: the fused plan's features (or why the GEMM chain runs), a key that
+// changes exactly when the plan does, and its cost in emulated thread phases
+// (a CUDA thread running to its next barrier).
+struct Product {
+  std::set<std::string> features;
+  std::string key = "gemm";
+  double cost = 0;
+};
+
+const char* stepModeName(int mode) {
+  return mode == cuda::kStepVecQ   ? "vector along q"
+         : mode == cuda::kStepVecK ? "vector along k"
+                                   : "scalar";
+}
+
+Product planProduct(const std::vector<int64_t>& d, const std::vector<int64_t>& e, int limit) {
+  Product r;
+  const int order = int(d.size());
+  const float* mats[kMaxOrder] = {};
+  cuda::FusedPlan p;
+  if (order < 2) {
+    r.features.insert("GEMM chain: order 1");
+    return r;
+  }
+  if (!cuda::planFused(order, d.data(), e.data(), mats, size_t(limit), &p)) {
+    r.features.insert(e[0] > 32 ? "GEMM chain: first output mode above 32"
+                                : "GEMM chain: no fused layout fits");
+    return r;
+  }
+  const int split = order - p.a.g.steps;
+  const int width = 1 << p.b.widthLog2;
+  r.features.insert("order " + std::to_string(order) + " split " + std::to_string(split));
+  r.features.insert("pass B width " + std::to_string(width) + " batch " +
+                    std::to_string(p.b.batch));
+  r.features.insert("pass B j0max " + std::to_string(p.j0max));
+  for (int i = 0; i < p.a.g.steps; ++i) {
+    r.features.insert(std::string("pass A step ") + stepModeName(p.a.g.step[i].mode));
+  }
+  for (int i = 0; i < p.b.g.steps; ++i) {
+    r.features.insert(std::string("pass B step ") + stepModeName(p.b.g.step[i].mode));
+  }
+  if (p.b.rowLength % width != 0) r.features.insert("pass B padded column group");
+  r.key = "order " + std::to_string(order) + " split " + std::to_string(split) + " width " +
+          std::to_string(width) + " batch " + std::to_string(p.b.batch);
+  const double batches = double((p.b.k0 + p.b.batch - 1) / p.b.batch);
+  r.cost = double(p.a.slabs) * (p.a.g.steps + 2) * cuda::kPhaseAThreads +
+           double(p.b.colBlocks) * batches * (p.b.g.steps + 2) * cuda::kPhaseBThreads;
+  return r;
+}
+
+// One operation of a Tucker case under a shared-memory limit: reconstruction
+// runs its product ranks -> modes, the scale gradient modes -> ranks and then
+// the reduction kernels.
+struct PlanCase {
+  TuckerCase tc;
+  bool gradient = false;
+  int limit = 0;
+  std::set<std::string> features;
+  std::string key;
+  double cost = 0;
+};
+
+PlanCase planCase(const TuckerCase& tc, bool gradient, int limit) {
+  PlanCase c;
+  c.tc = tc;
+  c.gradient = gradient;
+  c.limit = limit;
+  const Product product =
+      gradient ? planProduct(tc.modes, tc.ranks, limit) : planProduct(tc.ranks, tc.modes, limit);
+  c.features = product.features;
+  c.key = (gradient ? "gradient " : "reconstruction ") + product.key;
+  for (int64_t m : tc.modes) {
+    if (m == 1 || m == 43) c.features.insert("mode of size " + std::to_string(m));
+  }
+  if (gradient && tc.modes == tc.ranks && tc.modes.size() >= 2) {
+    c.features.insert("in-place projection");
+  }
+  // Elementwise kernels run about one thread per element; the scale gradient's
+  // partial sums up to 256 blocks of 256 threads per mode.
+  const TuckerShape shape = TuckerShape::make(tc.modes, tc.ranks);
+  c.cost = product.cost + 2.0 * double(shape.fullSize() + shape.coreSize());
+  if (gradient) {
+    int64_t lead = 1;
+    for (int n = 0; n < shape.order; ++n) {
+      c.cost += double(std::min<int64_t>(lead, 256)) * 256 * 3 + double(lead);
+      lead *= shape.ranks[n];
+    }
+  }
+  return c;
+}
+
+// Every distinct plan an operation reaches as the limit goes down from the
+// device's: plans change only at thresholds, and each plan holds over an
+// interval of limits (a smaller limit only rules layouts out), so bisection
+// finds the lowest limit of each interval.
+std::vector<PlanCase> planCasesOf(const TuckerCase& tc, bool gradient, int deviceLimit) {
+  std::vector<PlanCase> out;
+  int limit = deviceLimit;
+  while (limit >= 4) {
+    PlanCase c = planCase(tc, gradient, limit);
+    int lo = 0, hi = limit;  // hi has c's plan, lo may not
+    while (hi - lo > 4) {
+      const int mid = (lo + hi) / 8 * 4;
+      if (planCase(tc, gradient, mid).key == c.key) {
+        hi = mid;
+      } else {
+        lo = mid;
+      }
+    }
+    const bool gemm = c.key.find("gemm") != std::string::npos;
+    out.push_back(std::move(c));
+    if (gemm) break;
+    limit = hi - 4;
+  }
+  return out;
+}
+
+// Candidate shapes for the walk. Structured ones reach the corners: leading
+// modes of size 1 before two modes of 43 make every split the only one that
+// fits at some limit, and a second output mode of 100-800 (more pass-B
+// positions than 8-column groups allow) gives narrower groups with batches.
+// Random ones of orders 2-8 mix every size class (1, 43, above 32, ranks
+// above modes), small enough to emulate.
+std::vector<TuckerCase> planCandidates() {
+  std::vector<TuckerCase> out;
+  for (int order = 2; order <= kMaxOrder; ++order) {
+    std::vector<int64_t> modes(size_t(order - 2), 1), ranks(size_t(order - 2), 1);
+    modes.insert(modes.end(), {43, 43});
+    out.push_back({modes, modes});
+    ranks.insert(ranks.end(), {8, 8});
+    out.push_back({modes, ranks});
+    out.push_back({ranks, modes});
+  }
+  for (int64_t first : {8, 16, 32}) {
+    for (int64_t second : {100, 200, 400, 800}) {
+      out.push_back({{first, second, 16}, {4, 4, 4}});
+      out.push_back({{4, 4, 4}, {first, second, 16}});
+    }
+  }
+  std::mt19937_64 g(0x7e7a);
+  const int64_t maxElements = kEmulated ? 4096 : int64_t(1) << 18;
+  for (int round = 0; round < 30; ++round) {
+    for (int order = 2; order <= kMaxOrder; ++order) {
+      const int64_t wide = order <= 2 ? 48 : order <= 3 ? 20 : order <= 5 ? 8 : 4;
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        TuckerCase tc;
+        int64_t modes = 1, ranks = 1;
+        for (int n = 0; n < order; ++n) {
+          const uint64_t kind = g() % 12;
+          const int64_t m = kind == 0 ? 1 : kind == 1 ? 43 : 2 + int64_t(g() % uint64_t(wide));
+          const uint64_t rankKind = g() % 4;
+          const int64_t r =
+              rankKind == 0 ? m : 1 + int64_t(g() % uint64_t(std::min<int64_t>(m + 2, 33)));
+          tc.modes.push_back(m);
+          tc.ranks.push_back(r);
+          modes *= m;
+          ranks *= r;
+        }
+        if (modes <= maxElements && ranks <= maxElements) {
+          out.push_back(tc);
+          break;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> requiredPlanFeatures() {
+  std::vector<std::string> f;
+  for (int order = 2; order <= kMaxOrder; ++order) {
+    for (int split = 1; split < order; ++split) {
+      f.push_back("order " + std::to_string(order) + " split " + std::to_string(split));
+    }
+  }
+  for (int width : {1, 2, 4, 8}) {
+    for (int batch : {1, 2, 4}) {
+      f.push_back("pass B width " + std::to_string(width) + " batch " + std::to_string(batch));
+    }
+  }
+  for (int j0max : {8, 16, 32}) f.push_back("pass B j0max " + std::to_string(j0max));
+  for (const char* pass : {"pass A step ", "pass B step "}) {
+    for (int mode : {cuda::kStepScalar, cuda::kStepVecQ, cuda::kStepVecK}) {
+      f.push_back(pass + std::string(stepModeName(mode)));
+    }
+  }
+  for (const char* other :
+       {"pass B padded column group", "GEMM chain: first output mode above 32",
+        "GEMM chain: no fused layout fits", "mode of size 1", "mode of size 43"}) {
+    f.push_back(other);
+  }
+  return f;
+}
+
+// The walk: the cheapest cases that together reach every plan feature, then
+// more shapes (the cheapest fused case of each) while the budget lasts.
+void checkPlans(Backend& cpu, Backend& gpu) {
+  const int deviceLimit = cuda::capSharedMemoryForTesting(0);
+  std::vector<PlanCase> options;
+  for (const TuckerCase& tc : planCandidates()) {
+    for (bool gradient : {false, true}) {
+      for (PlanCase& c : planCasesOf(tc, gradient, deviceLimit)) options.push_back(std::move(c));
+    }
+  }
+  std::vector<size_t> byCost(options.size());
+  for (size_t i = 0; i < byCost.size(); ++i) byCost[i] = i;
+  std::stable_sort(byCost.begin(), byCost.end(),
+                   [&](size_t a, size_t b) { return options[a].cost < options[b].cost; });
+  std::set<std::string> reached;
+  std::vector<size_t> walk;
+  for (size_t i : byCost) {
+    const bool adds = std::any_of(options[i].features.begin(), options[i].features.end(),
+                                  [&](const std::string& f) { return !reached.count(f); });
+    if (!adds) continue;
+    reached.insert(options[i].features.begin(), options[i].features.end());
+    walk.push_back(i);
+  }
+  // Then the cheapest fused option of each shape not walked yet, cheapest first.
+  std::set<std::string> shapes;
+  for (size_t i : walk) shapes.insert(shapeName(options[i].tc));
+  std::map<std::string, size_t> cheapest;
+  for (size_t i : byCost) {
+    const std::string shape = shapeName(options[i].tc);
+    if (!shapes.count(shape) && !cheapest.count(shape) &&
+        options[i].key.find("gemm") == std::string::npos) {
+      cheapest[shape] = i;
+    }
+  }
+  std::vector<size_t> extras;
+  for (const auto& entry : cheapest) extras.push_back(entry.second);
+  std::sort(extras.begin(), extras.end(),
+            [&](size_t a, size_t b) { return options[a].cost < options[b].cost; });
+  double spent = 0;
+  for (size_t i : extras) {
+    if (int(walk.size()) >= sizes().planCases || spent + options[i].cost > sizes().planBudget) {
+      break;
+    }
+    spent += options[i].cost;
+    walk.push_back(i);
+  }
+  std::set<std::string> distinctPlans, distinctShapes;
+  for (size_t i : walk) {
+    distinctPlans.insert(options[i].key);
+    distinctShapes.insert(shapeName(options[i].tc));
+  }
+  std::vector<std::string> missing;
+  for (const std::string& f : requiredPlanFeatures()) {
+    if (!reached.count(f)) missing.push_back(f);
+  }
+  std::string detail = std::to_string(walk.size()) + " cases of " +
+                       std::to_string(distinctShapes.size()) + " shapes, " +
+                       std::to_string(distinctPlans.size()) + " distinct plans, " +
+                       std::to_string(reached.size()) + " features";
+  for (const std::string& f : missing) detail += "; not reached: " + f;
+  report(missing.empty(), "plan walk reaches every fused plan feature", detail);
+  for (size_t i : walk) {
+    const PlanCase& c = options[i];
+    cuda::capSharedMemoryForTesting(c.limit);
+    checkTuckerCase(cpu, gpu, c.tc, c.gradient ? kGradient : kReconstruct,
+                    " smem " + std::to_string(c.limit) + ", " + c.key);
+  }
+  cuda::capSharedMemoryForTesting(0);
+}
 
 const std::vector<TuckerCase>& tuckerCases() {
   // The path each takes for reconstruction is noted (the scale gradient's
@@ -434,7 +935,8 @@ const std::vector<TuckerCase>& tuckerCases() {
       {{16}, {16}},
       {{4, 6}, {3, 6}},  // fused, pass B only mode 0
       {{16, 16}, {16, 16}},
-      {{3, 4}, {5, 4}},  // R > I
+      {{3, 4}, {5, 4}},      // R > I
+      {{3, 300}, {3, 300}},  // ranks above 256: the scale gradient's wide-row partial sums
       {{3, 5, 7}, {2, 5, 4}},
       {{8, 8, 12}, {8, 8, 12}},
       {{10, 10, 10, 10}, {4, 10, 7, 10}},
@@ -454,190 +956,173 @@ const std::vector<TuckerCase>& tuckerCases() {
       {{16, 16, 43, 16, 16, 16}, {16, 16, 43, 16, 16, 16}},        // 11008 x 4096: 2-column groups
       {{16, 16, 16, 16, 16, 43}, {16, 16, 16, 16, 16, 43}},        // 4096 x 11008: GEMM chain
       {{16, 16, 16, 16, 16, 16, 4}, {16, 16, 16, 16, 16, 16, 4}},  // GEMM chain
-      {{128, 784}, {128, 784}},                    // order 2 at full rank (MNIST's layer)
-      {{64, 64, 64, 64}, {16, 16, 16, 16}},        // 64-wide modes, ranks 16
-      {{32, 128, 32, 128}, {16, 16, 16, 16}},      // 128-wide modes
-      {{16, 16, 16, 16, 16, 16}, {4, 4, 4, 4, 4, 4}},  // maxRank 4
   };
   return cases;
 }
 
 void checkTucker(Backend& cpu, Backend& gpu) {
+  const int deviceLimit = cuda::capSharedMemoryForTesting(0);
   for (const TuckerCase& tc : tuckerCases()) {
-    const TuckerShape shape = TuckerShape::make(tc.modes, tc.ranks);
-    if (quick && shape.fullSize() > (int64_t(1) << 20)) continue;
-    const int N = shape.order;
-    const int64_t coreSize = shape.coreSize(), fullSize = shape.fullSize();
-    std::vector<std::vector<float>> inputs;
-    inputs.push_back(randomVector(coreSize));  // 0: core
-    for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
-    for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
-    inputs.push_back(std::vector<float>(static_cast<size_t>(fullSize)));  // 1 + 2N: out
-    inputs.push_back(randomVector(fullSize));                             // 2 + 2N: base
-    const size_t outIndex = size_t(1 + 2 * N), baseIndex = outIndex + 1;
-    const std::string name = shapeName(tc.modes, tc.ranks);
-    // With scales and alpha; without scales; with scales, alpha and a base (W0 + alpha dW).
-    for (int variant = 0; variant < 3; ++variant) {
-      std::vector<float> outs[2];
-      Backend* backends[2] = {&cpu, &gpu};
-      try {
-        for (int side = 0; side < 2; ++side) {
-          std::vector<Buffer*> bufs;
-          for (auto& h : inputs) bufs.push_back(new Buffer(*backends[side], h));
-          const float* factors[kMaxOrder];
-          const float* scales[kMaxOrder];
-          for (int n = 0; n < N; ++n) {
-            factors[n] = bufs[size_t(1 + n)]->data;
-            scales[n] = variant != 1 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
-          }
-          backends[side]->tuckerReconstruct(shape, bufs[0]->data, factors, scales,
-                                            variant != 1 ? 0.625f : 1.0f, bufs[outIndex]->data,
-                                            variant == 2 ? bufs[baseIndex]->data : nullptr);
-          outs[side] = bufs[outIndex]->read();
-          for (Buffer* b : bufs) delete b;
-        }
-      } catch (const std::exception& e) {
-        report(false, "tuckerReconstruct " + name, e.what());
-        continue;
-      }
-      const char* what[3] = {" (scales, alpha)", "", " (scales, alpha, base)"};
-      compare("tuckerReconstruct " + name + what[variant], outs[0], outs[1], 1e-4,
-              2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
-    }
-    // Scale gradient, with and without overwriting gradX.
-    const std::vector<float> gradX = randomVector(fullSize);
-    for (bool overwrite : {false, true}) {
-      std::vector<float> grads[2];
-      Backend* backends[2] = {&cpu, &gpu};
-      try {
-        for (int side = 0; side < 2; ++side) {
-          std::vector<Buffer*> bufs;
-          for (size_t i = 0; i < outIndex; ++i) {
-            bufs.push_back(new Buffer(*backends[side], inputs[i]));
-          }
-          Buffer g(*backends[side], gradX);
-          const float* factors[kMaxOrder];
-          const float* scales[kMaxOrder];
-          float* gradScales[kMaxOrder];
-          std::vector<Buffer*> outBufs;
-          for (int n = 0; n < N; ++n) {
-            factors[n] = bufs[size_t(1 + n)]->data;
-            scales[n] = n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
-            outBufs.push_back(new Buffer(*backends[side], shape.ranks[n]));
-            gradScales[n] = outBufs.back()->data;
-          }
-          backends[side]->tuckerScaleGrad(shape, g.data, bufs[0]->data, factors, scales, gradScales,
-                                          overwrite);
-          for (Buffer* b : outBufs) {
-            const std::vector<float> v = b->read();
-            grads[side].insert(grads[side].end(), v.begin(), v.end());
-            delete b;
-          }
-          for (Buffer* b : bufs) delete b;
-        }
-      } catch (const std::exception& e) {
-        report(false, "tuckerScaleGrad " + name, e.what());
-        continue;
-      }
-      compare("tuckerScaleGrad " + name + (overwrite ? " (overwrite gradX)" : ""), grads[0],
-              grads[1], 1e-3, 1e-4 * maxAbs(grads[0]));
-    }
+    const double cost =
+        planCase(tc, false, deviceLimit).cost + planCase(tc, true, deviceLimit).cost;
+    if (cost > sizes().tuckerCostLimit) continue;
+    checkTuckerCase(cpu, gpu, tc, kReconstruct | kGradient | kAllVariants, "");
   }
 }
 
-// The factored path's kernels and tuckerCoreGrad, on full and reduced ranks, with
-// `rows` rows of projected activations (tolerances as the Tucker kernels').
+// --- The factored path ---------------------------------------------------------------------
+
+// kroneckerRows (both directions), kroneckerScale, kroneckerScaleGrad and
+// tuckerCoreGrad, on full and reduced ranks, with sizes().factoredRows rows of
+// activations. Tolerances: kroneckerRows as the mode products (a chain of GEMMs
+// on both sides); kroneckerScale is exact (lambda in double, rounded once, on
+// both sides); the two gradients sum the same double column sums or the same
+// float products H = Z * G, and only the order of the peeling's double sums
+// differs, so they agree to the last float bit or so.
 void checkFactored(Backend& cpu, Backend& gpu) {
-  const std::vector<TuckerCase> cases = {
-      {{16, 16, 16}, {16, 16, 16}}, {{16, 16, 16}, {4, 4, 4}}, {{7, 8, 14}, {7, 8, 14}},
-      {{16, 16, 43}, {16, 16, 16}}, {{784}, {784}},           {{5, 3}, {2, 3}},
-  };
-  for (const TuckerCase& tc : cases) {
-    const TuckerShape shape = TuckerShape::make(tc.modes, tc.ranks);
+  for (const auto& [modes, ranks] : sizes().factoredCases) {
+    const TuckerShape shape = TuckerShape::make(modes, ranks);
     const int N = shape.order;
-    const std::string name = shapeName(tc.modes, tc.ranks);
-    const int64_t rows = 37, full = shape.fullSize(), core = shape.coreSize();
+    const std::string name = shapeName(TuckerCase{modes, ranks});
+    const int64_t rows = sizes().factoredRows, full = shape.fullSize(), core = shape.coreSize();
     // inputs: factors [0, N), scales [N, 2N), then the kernel's own.
-    std::vector<std::vector<float>> base;
-    for (int n = 0; n < N; ++n) base.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
-    for (int n = 0; n < N; ++n) base.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
+    std::vector<std::vector<float>> common;
+    for (int n = 0; n < N; ++n) common.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
+    for (int n = 0; n < N; ++n) common.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
+    const size_t first = size_t(2 * N);  // the first of the kernel's own inputs
     auto operands = [&](std::vector<float*>& p, const float** factors, const float** scales) {
       for (int n = 0; n < N; ++n) {
         factors[n] = p[size_t(n)];
         scales[n] = p[size_t(N + n)];
       }
     };
+    auto gradOutputs = [&](size_t from) {
+      std::vector<size_t> outs;
+      for (int n = 0; n < N; ++n) outs.push_back(from + size_t(n));
+      return outs;
+    };
     for (bool contract : {false, true}) {
-      std::vector<std::vector<float>> in = base;
+      std::vector<std::vector<float>> in = common;
       in.push_back(randomVector(rows * (contract ? full : core)));
       in.push_back(std::vector<float>(size_t(rows * (contract ? core : full))));
-      const size_t x = size_t(2 * N), y = x + 1;
-      both("kroneckerRows " + name + (contract ? " contract" : " expand"), in, {y}, 1e-4,
-           2e-6 * double(contract ? full : core),
-           [&](Backend& b, std::vector<float*>& p) {
-             const float* factors[kMaxOrder];
-             const float* scales[kMaxOrder];
-             operands(p, factors, scales);
-             b.kroneckerRows(rows, shape, factors, scales, -0.75f, contract, p[x], p[y]);
-           },
-           cpu, gpu);
+      both(
+          "kroneckerRows " + name + (contract ? " contract" : " expand"), in, {first + 1}, 1e-4,
+          2e-6 * double(contract ? full : core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            operands(p, factors, scales);
+            b.kroneckerRows(rows, shape, factors, scales, -0.75f, contract, p[first], p[first + 1]);
+          },
+          cpu, gpu);
     }
     {
-      std::vector<std::vector<float>> in = base;
+      std::vector<std::vector<float>> in = common;
       in.push_back(randomVector(rows * core));
       in.push_back(std::vector<float>(size_t(rows * core)));
-      const size_t x = size_t(2 * N), y = x + 1;
-      // The same float operations on both sides: lambda in double, rounded once.
-      both("kroneckerScale " + name, in, {y}, 0, 0,
-           [&](Backend& b, std::vector<float*>& p) {
-             const float* factors[kMaxOrder];
-             const float* scales[kMaxOrder];
-             operands(p, factors, scales);
-             b.kroneckerScale(rows, N, shape.ranks, scales, 1.25f, p[x], p[y]);
-           },
-           cpu, gpu);
+      both(
+          "kroneckerScale " + name, in, {first + 1}, 0, 0,
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            operands(p, factors, scales);
+            b.kroneckerScale(rows, N, shape.ranks, scales, 1.25f, p[first], p[first + 1]);
+          },
+          cpu, gpu);
     }
     {
-      std::vector<std::vector<float>> in = base;
+      std::vector<std::vector<float>> in = common;
       in.push_back(randomVector(rows * core));
       in.push_back(randomVector(rows * core));
       for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
-      const size_t a = size_t(2 * N), c = a + 1;
-      std::vector<size_t> outs;
-      for (int n = 0; n < N; ++n) outs.push_back(c + 1 + size_t(n));
-      // Identical column sums in double on both sides; the peeling's order of double sums
-      // differs, so results may differ in the last float bit.
-      both("kroneckerScaleGrad " + name, in, outs, 1e-6, 1e-10 * double(rows * core),
-           [&](Backend& b, std::vector<float*>& p) {
-             const float* factors[kMaxOrder];
-             const float* scales[kMaxOrder];
-             float* grads[kMaxOrder];
-             operands(p, factors, scales);
-             for (int n = 0; n < N; ++n) grads[n] = p[c + 1 + size_t(n)];
-             b.kroneckerScaleGrad(rows, N, shape.ranks, p[a], p[c], scales, 0.5f, grads);
-           },
-           cpu, gpu);
+      both(
+          "kroneckerScaleGrad " + name, in, gradOutputs(first + 2), 1e-6,
+          1e-10 * double(rows * core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            float* grads[kMaxOrder];
+            operands(p, factors, scales);
+            for (int n = 0; n < N; ++n) grads[n] = p[first + 2 + size_t(n)];
+            b.kroneckerScaleGrad(rows, N, shape.ranks, p[first], p[first + 1], scales, 0.5f, grads);
+          },
+          cpu, gpu);
     }
     {
-      std::vector<std::vector<float>> in = base;
+      std::vector<std::vector<float>> in = common;
       in.push_back(randomVector(core));  // z
       in.push_back(randomVector(core));  // G
       for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
-      const size_t z = size_t(2 * N), g = z + 1;
-      std::vector<size_t> outs;
-      for (int n = 0; n < N; ++n) outs.push_back(g + 1 + size_t(n));
-      // H = z * G rounds the same on both sides; only the double sums' order differs.
-      both("tuckerCoreGrad " + name, in, outs, 1e-6, 1e-10 * double(core),
-           [&](Backend& b, std::vector<float*>& p) {
-             const float* factors[kMaxOrder];
-             const float* scales[kMaxOrder];
-             float* grads[kMaxOrder];
-             operands(p, factors, scales);
-             for (int n = 0; n < N; ++n) grads[n] = p[g + 1 + size_t(n)];
-             b.tuckerCoreGrad(N, shape.ranks, p[z], p[g], scales, grads);
-           },
-           cpu, gpu);
+      both(
+          "tuckerCoreGrad " + name, in, gradOutputs(first + 2), 1e-6, 1e-10 * double(core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            float* grads[kMaxOrder];
+            operands(p, factors, scales);
+            for (int n = 0; n < N; ++n) grads[n] = p[first + 2 + size_t(n)];
+            b.tuckerCoreGrad(N, shape.ranks, p[first], p[first + 1], scales, grads);
+          },
+          cpu, gpu);
     }
+  }
+}
+
+// --- Grid-stride loops ---------------------------------------------------------------------
+
+// The kernels with a loop over rows, slabs, tiles or chunks per block, on grids
+// capped at 2 blocks, so that each block runs several iterations and every
+// barrier that guards shared memory between iterations matters. Small enough
+// to be the workload of the emulation's negative controls (one removed
+// __syncthreads per run), and it reaches every barrier of every kernel.
+void checkGridStride(Backend& cpu, Backend& gpu) {
+  cuda::capGridForTesting(2);
+  context = " [grid <= 2 blocks]";
+  checkSumDot(cpu, gpu, 5000);
+  checkMatrix(cpu, gpu, {{5, 100}});
+  checkSoftmax(cpu, gpu, {{5, 12}});
+  for (const TuckerCase& tc : std::vector<TuckerCase>{{{8, 7, 9}, {8, 5, 6}},  // pass A: 2 steps
+                                                      {{3, 5, 7}, {2, 5, 4}},
+                                                      {{6, 4, 4, 4}, {6, 4, 4, 4}}}) {
+    checkTuckerCase(cpu, gpu, tc, kReconstruct | kGradient, "");
+  }
+  context.clear();
+  cuda::capGridForTesting(0);
+}
+
+// --- Sizes past 2^31 elements (GPU only) --------------------------------------------------
+
+// Says NOTRUN (neither passed nor failed) unless the device and the host have
+// the memory a check needs.
+bool haveMemory(const std::string& name, double deviceBytes, double hostBytes) {
+  int64_t deviceFree = 0, deviceTotal = 0;
+  cuda::deviceMemory(&deviceFree, &deviceTotal);
+  const double hostFree = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  if (double(deviceFree) >= deviceBytes && hostFree >= hostBytes) return true;
+  std::printf(
+      "NOTRUN %s: needs %.1f GiB of device memory (%.1f free) and %.1f GiB of host memory "
+      "(%.1f free)\n",
+      name.c_str(), deviceBytes / double(1 << 30), double(deviceFree) / double(1 << 30),
+      hostBytes / double(1 << 30), hostFree / double(1 << 30));
+  std::fflush(stdout);
+  return false;
+}
+
+void checkLarge(Backend& cpu, Backend& gpu) {
+  const int64_t n = (int64_t(1) << 31) + 7;
+  const double bytes = double(n) * sizeof(float);
+  if (haveMemory("axpby and sum past 2^31 elements", 2.5 * bytes, 7 * bytes)) {
+    both(
+        "axpby b=-0.75 n=" + std::to_string(n), {randomVector(n), randomVector(n)}, {0}, 0, 0,
+        [&](Backend& be, std::vector<float*>& p) { be.axpby(p[0], p[1], n, 1.5f, -0.75f); }, cpu,
+        gpu);
+    checkSumDot(cpu, gpu, n);
+  }
+  // 2^31 + 2^21 outputs by the GEMM chain (the fused plans stay far below 2^31).
+  const TuckerCase big = {{2048, 1024, 1025}, {4, 4, 4}};
+  const double outBytes = 2048.0 * 1024 * 1025 * sizeof(float);
+  if (haveMemory("Tucker case " + shapeName(big), 2.5 * outBytes, 7 * outBytes)) {
+    checkTuckerCase(cpu, gpu, big, kReconstruct | kGradient, "");
   }
 }
 
@@ -676,9 +1161,9 @@ void benchmark(Backend& gpu) {
         fp[n] = factors.back()->data;
         sp[n] = nullptr;
       }
-      const double tucker =
-          timeIt(gpu, 50,
-             [&] { gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data, nullptr); });
+      const double tucker = timeIt(gpu, 50, [&] {
+        gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data, nullptr);
+      });
       const double copy = timeIt(gpu, 50, [&] { gpu.copy(copyDst.data, core.data, size); });
       float* gradScales[kMaxOrder];
       std::vector<Buffer*> grads;
@@ -717,13 +1202,32 @@ void benchmark(Backend& gpu) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--probe") {
+      options.probe = true;
+    } else if (arg == "--sanitizer") {
+      options.sanitizer = true;
+    } else if (arg == "--barriers" && kEmulated) {
+      options.barriers = true;
+    } else if (arg == "--only" && i + 1 < argc &&
+               std::any_of(std::begin(kGroups), std::end(kGroups),
+                           [&](const char* g) { return argv[i + 1] == std::string(g); })) {
+      options.only = argv[++i];
+    } else {
+      std::fprintf(stderr, "unknown or incomplete argument '%s'; groups:", arg.c_str());
+      for (const char* g : kGroups) std::fprintf(stderr, " %s", g);
+      std::fprintf(stderr, "\n");
+      return 2;
+    }
+  }
   std::string reason;
   Backend* gpu = cudaBackend(&reason);
   if (!gpu) {
     std::printf("SKIPPED: %s\n", reason.c_str());
     std::printf("0 passed, 0 failed\n");
-    return 0;
+    return 77;
   }
   const CudaStatus status = cudaStatus();
   std::printf(
@@ -732,16 +1236,30 @@ int main() {
       status.deviceName.c_str(), status.computeCapability / 10, status.computeCapability % 10,
       double(status.totalMemory) / (1 << 30), status.driverVersion, status.runtimeVersion,
       status.archs.c_str(), status.cublasLibrary.c_str());
+  std::fflush(stdout);
+  if (options.probe) return 0;
   Backend& cpu = cpuBackend();
-  checkMemory(*gpu);
-  checkRandom(cpu, *gpu);
-  checkElementwise(cpu, *gpu);
-  checkSoftmax(cpu, *gpu);
-  checkGemm(cpu, *gpu);
-  checkModeProduct(cpu, *gpu);
-  checkTucker(cpu, *gpu);
-  checkFactored(cpu, *gpu);
-  if (!quick) benchmark(*gpu);
+  const bool gpuFull = !kEmulated && !options.sanitizer;
+  if (options.runs("memory")) checkMemory(*gpu, !options.sanitizer);
+  if (options.runs("random")) checkRandom(cpu, *gpu);
+  if (options.runs("elementwise")) checkElementwise(cpu, *gpu);
+  if (options.runs("matrix")) checkMatrix(cpu, *gpu, sizes().matrixShapes);
+  if (options.runs("softmax")) checkSoftmax(cpu, *gpu, sizes().softmaxShapes);
+  if (options.runs("gemm")) checkGemm(cpu, *gpu);
+  if (options.runs("modeProduct")) checkModeProduct(cpu, *gpu);
+  if (options.runs("tucker")) checkTucker(cpu, *gpu);
+  if (options.runs("plans")) checkPlans(cpu, *gpu);
+  if (options.runs("factored")) checkFactored(cpu, *gpu);
+  if (options.runs("grid")) checkGridStride(cpu, *gpu);
+  if (gpuFull && options.runs("large")) checkLarge(cpu, *gpu);
+  if (gpuFull && options.runs("bench")) benchmark(*gpu);
+#ifdef TERA_HOST_EMULATION
+  if (options.barriers) {
+    for (const emu::BarrierSite& site : emu::barrierSites()) {
+      std::printf("BARRIER %s %lld\n", site.where.c_str(), (long long)site.calls);
+    }
+  }
+#endif
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

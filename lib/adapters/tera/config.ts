@@ -26,7 +26,9 @@ const EVALUATIONS: readonly TeraEvaluation[] = ['auto', 'merged', 'factored'];
 
 function checkEvaluation(value: unknown, what: string): TeraEvaluation {
   if (!EVALUATIONS.includes(value as TeraEvaluation)) {
-    throw new Error(`${what} must be one of ${EVALUATIONS.map((e) => `'${e}'`).join(', ')}, got ${describeValue(value)}`);
+    throw new Error(
+      `${what} must be one of ${EVALUATIONS.map((e) => `'${e}'`).join(', ')}, got ${describeValue(value)}`,
+    );
   }
   return value as TeraEvaluation;
 }

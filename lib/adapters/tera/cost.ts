@@ -108,8 +108,7 @@ export function planPath(call: LayerCall, evaluation: TeraEvaluation): PathPlan 
   const floats = (count: number) => count * rates.float;
   const rowProduct = (from: readonly number[], to: readonly number[]) =>
     2 * T * chainMultiplyAdds(from, to) * rates.tuckerFlop;
-  const reconstruct =
-    2 * chainMultiplyAdds(shape.ranks, shape.modes) * rates.tuckerFlop + floats(dOut * dIn);
+  const reconstruct = 2 * chainMultiplyAdds(shape.ranks, shape.modes) * rates.tuckerFlop + floats(dOut * dIn);
   const contractIn = rowProduct(shape.inModes, inRanks);
   const contractOut = rowProduct(shape.outModes, outRanks);
   const expandIn = rowProduct(inRanks, shape.inModes);

@@ -79,12 +79,7 @@ export class TeraLayer implements MethodLayer {
    * Takes over one reference to `factors` and one to `workspace` (dispose() releases them).
    * `siblings` counts the adapter's layers of this size, itself included.
    */
-  constructor(
-    config: TeraConfig,
-    factors: Shared<TeraFactors>,
-    workspace: Shared<Workspace>,
-    siblings = 1,
-  ) {
+  constructor(config: TeraConfig, factors: Shared<TeraFactors>, workspace: Shared<Workspace>, siblings = 1) {
     const device = factors.value.core.device;
     // l_1 = 0 and l_n = 1 otherwise: dW = 0 at the start, yet every l_n gets a gradient.
     this.lambdas = factors.value.shape.ranks.map(

@@ -1,0 +1,3 @@
+// The backend source cuda_backend.cu compiled by the host compiler for the emulation
+// (a separate file so that CMake can give it the C++ language).
+#include "cuda/cuda_backend.cu"
