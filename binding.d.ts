@@ -119,7 +119,10 @@ export type ModeProductArgs = [
   y: S,
 ];
 
-/** tuckerReconstruct: out = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)); out shares no memory with an input. */
+/**
+ * tuckerReconstruct: out = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), plus base when given
+ * (W0 + alpha dW in the pass that writes the result); out shares no memory with an input or base.
+ */
 export type TuckerReconstructArgs = [
   core: S,
   modes: readonly number[],
@@ -128,6 +131,7 @@ export type TuckerReconstructArgs = [
   scales: readonly (S | null)[],
   alpha: number,
   out: S,
+  base?: S | null,
 ];
 
 /**
@@ -211,6 +215,59 @@ export type RopeArgs = [
   inverse: boolean,
 ];
 
+/**
+ * tuckerCoreGrad: grads[n] = d/dl_n sum_r z[r] core[r] prod_m l_m[r_m], the scale gradients from a
+ * core-space gradient z (shape ranks); grads share no memory with each other or an input.
+ */
+export type TuckerCoreGradArgs = [
+  z: S,
+  core: S,
+  ranks: readonly number[],
+  scales: readonly (S | null)[],
+  grads: readonly S[],
+];
+
+/**
+ * kroneckerRows: each of `rows` rows times K = (A_1 diag(s_1)) (x) ... (x) (A_Q diag(s_Q)), A_n [modes[n],
+ * ranks[n]]: y = alpha x K^T ([rows, prod ranks] to [rows, prod modes]), or with contract y = alpha x K
+ * (the other way); y shares no memory with an input.
+ */
+export type KroneckerRowsArgs = [
+  x: S,
+  rows: number,
+  modes: readonly number[],
+  ranks: readonly number[],
+  factors: readonly S[],
+  scales: readonly (S | null)[],
+  alpha: number,
+  contract: boolean,
+  y: S,
+];
+
+/** kroneckerScale: y[t, r] = x[t, r] lambda[r], lambda = alpha s_1 (x) ... (x) s_Q (in double, rounded once); y may be x. */
+export type KroneckerScaleArgs = [
+  x: S,
+  rows: number,
+  ranks: readonly number[],
+  scales: readonly (S | null)[],
+  alpha: number,
+  y: S,
+];
+
+/**
+ * kroneckerScaleGrad: grads[n] = d/ds_n alpha sum_{t,r} a[t, r] b[t, r] (s_1 (x) ... (x) s_Q)[r], the
+ * scale gradients of kroneckerScale; grads share no memory with each other or an input.
+ */
+export type KroneckerScaleGradArgs = [
+  a: S,
+  b: S,
+  rows: number,
+  ranks: readonly number[],
+  scales: readonly (S | null)[],
+  alpha: number,
+  grads: readonly S[],
+];
+
 /** ncclAllReduce: in place on a CUDA tensor; a failure or the timeout aborts the communicator and throws. */
 export type NcclAllReduceArgs = [data: S, op: 'sum' | 'max' | 'min', timeoutSeconds: number];
 
@@ -237,6 +294,22 @@ export interface NativeBinding {
   tuckerScaleGrad(...args: TuckerScaleGradArgs): void;
   /** tuckerScaleGrad on a worker thread. */
   tuckerScaleGradAsync(...args: TuckerScaleGradArgs): Promise<void>;
+  /** The scaling vectors' gradients from a core-space gradient (see TuckerCoreGradArgs). */
+  tuckerCoreGrad(...args: TuckerCoreGradArgs): void;
+  /** tuckerCoreGrad on a worker thread. */
+  tuckerCoreGradAsync(...args: TuckerCoreGradArgs): Promise<void>;
+  /** Rows times a Kronecker product of scaled factors (see KroneckerRowsArgs). */
+  kroneckerRows(...args: KroneckerRowsArgs): void;
+  /** kroneckerRows on a worker thread. */
+  kroneckerRowsAsync(...args: KroneckerRowsArgs): Promise<void>;
+  /** Columns scaled by a Kronecker product of vectors (see KroneckerScaleArgs). */
+  kroneckerScale(...args: KroneckerScaleArgs): void;
+  /** kroneckerScale on a worker thread. */
+  kroneckerScaleAsync(...args: KroneckerScaleArgs): Promise<void>;
+  /** kroneckerScale's scale gradients (see KroneckerScaleGradArgs). */
+  kroneckerScaleGrad(...args: KroneckerScaleGradArgs): void;
+  /** kroneckerScaleGrad on a worker thread. */
+  kroneckerScaleGradAsync(...args: KroneckerScaleGradArgs): Promise<void>;
 
   /**
    * Philox4x32-10 fill: element k uses counter (k, stream) and key seed. normal: mean a, std b >= 0;

@@ -379,32 +379,41 @@ describe('gradients against float64 finite differences', () => {
     });
   }
 
-  it('an MLP carrying TeRA, VeRA and LoRA at once (chained backward, shared TeRA workspace)', () => {
-    // Layers '2' and '4' share one TeRA signature and workspace: the backward of '2'
-    // must rebuild its effective weight after '4' overwrote the buffer.
-    const peft = inject(baseMlp([6, 8, 8, 8, 4]), new tera.VeraConfig({ targetModules: ['0'], r: 3 }), 'vera');
-    peft.addAdapter('tera', new tera.TeraConfig({ targetModules: ['2', '4'], alpha: 0.5 }));
-    peft.addAdapter('lora', new tera.LoraConfig({ targetModules: ['6'], r: 2 }));
-    peft.setAdapter(['vera', 'tera', 'lora']);
-    expect(adapters.workspaceCount()).toBe(1);
-    checkGradients(peft, 6, 3);
-    randomise(peft.trainableParameters());
-    const spy = jest.spyOn(native(), 'tuckerReconstruct');
-    try {
+  it.each(['merged', 'factored'] as const)(
+    'an MLP carrying TeRA, VeRA and LoRA at once (chained backward, shared TeRA workspace), %s path',
+    (evaluation) => {
+      // Layers '2' and '4' share one TeRA signature and workspace: on the merged path the
+      // backward of '2' must rebuild its effective weight after '4' overwrote the buffer; on
+      // the factored path both recompute their activations (two sharers cannot keep them in
+      // a workspace of 8 x 8 floats with 3 rows of 8 + 8 each).
+      const peft = inject(baseMlp([6, 8, 8, 8, 4]), new tera.VeraConfig({ targetModules: ['0'], r: 3 }), 'vera');
+      peft.addAdapter('tera', new tera.TeraConfig({ targetModules: ['2', '4'], alpha: 0.5, evaluation }));
+      peft.addAdapter('lora', new tera.LoraConfig({ targetModules: ['6'], r: 2 }));
+      peft.setAdapter(['vera', 'tera', 'lora']);
+      expect(adapters.workspaceCount()).toBe(1);
       checkGradients(peft, 6, 3);
-      expect(spy).toHaveBeenCalledTimes(3); // two forwards, one rebuild in backward
-    } finally {
-      spy.mockRestore();
-    }
-  });
+      randomise(peft.trainableParameters());
+      const spy = jest.spyOn(native(), 'tuckerReconstruct');
+      try {
+        checkGradients(peft, 6, 3);
+        // merged: two forwards, one rebuild in backward; factored: dW is never formed
+        expect(spy).toHaveBeenCalledTimes(evaluation === 'merged' ? 3 : 0);
+      } finally {
+        spy.mockRestore();
+      }
+    },
+  );
 
-  it('TeRA costs three GEMMs per step (forward, dx, gradX) and no dW0 GEMM', () => {
-    const peft = inject(baseMlp([16, 16]), new tera.TeraConfig({ targetModules: ['0'] }));
+  it.each([
+    ['merged', 3], // y = x W_eff^T, dx = dY W_eff, Z = alpha (dY K_out)^T (x K_in)
+    ['factored', 4], // v = u G^T, y += x W0^T, du = dv G, dx += dY W0
+  ] as const)('TeRA on the %s path costs %i GEMMs per step and no dW0 GEMM', (evaluation, gemms) => {
+    const peft = inject(baseMlp([16, 16]), new tera.TeraConfig({ targetModules: ['0'], evaluation }));
     const x = new ag.Var(tera.tensor(randomArray(32, next), [2, 16]), { requiresGrad: true });
     const spy = jest.spyOn(native(), 'gemm');
     try {
       ag.sum(peft.forward(x)).backward();
-      expect(spy).toHaveBeenCalledTimes(3);
+      expect(spy).toHaveBeenCalledTimes(gemms);
     } finally {
       spy.mockRestore();
     }

@@ -116,6 +116,7 @@ describe('saving', () => {
       ranks: null,
       alpha: 2,
       seed: 7,
+      evaluation: 'auto',
       save_factors: false,
     });
     peft.unload();

@@ -35,6 +35,11 @@ export class Shared<T extends Disposable> {
     return this;
   }
 
+  /** How many users hold it now (e.g. the layers sharing a workspace). */
+  get users(): number {
+    return this.#users;
+  }
+
   /** Drops one user; the last one frees the value and removes the entry. */
   release(): void {
     if (--this.#users > 0) return;

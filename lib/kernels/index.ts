@@ -145,6 +145,11 @@ function tuckerParts(
 export interface ReconstructOptions extends OutOptions {
   /** Multiplies the result (default 1). */
   alpha?: number;
+  /**
+   * Added to the result (out = base + alpha X, as W0 + alpha dW) in the pass that writes it, with no
+   * pass of its own. It has the result's shape and device and shares no memory with out.
+   */
+  base?: Tensor;
 }
 
 function prepareReconstruct(
@@ -157,10 +162,24 @@ function prepareReconstruct(
   const alpha = options.alpha ?? 1;
   if (!Number.isFinite(alpha))
     throw new Error(`tuckerReconstruct: alpha must be a finite number, got ${String(alpha)}`);
+  const { base } = options;
+  if (base !== undefined) {
+    live(base, 'tuckerReconstruct: base');
+    if (!sameShape(base.shape, parts.modes)) {
+      throw new Error(
+        `tuckerReconstruct: base has shape ${formatShape(base.shape)} but the result is ${formatShape(parts.modes)}`,
+      );
+    }
+    sameDevice('tuckerReconstruct', [
+      [core, 'core'],
+      [base, 'base'],
+    ]);
+  }
   const out = resultTensor('tuckerReconstruct', options.out, parts.modes, core.device, [
     [core, 'core'],
     ...parts.factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
     ...parts.scales.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+    [base, 'base'],
   ]);
   const args = [
     core.storage,
@@ -170,11 +189,15 @@ function prepareReconstruct(
     parts.scales.map((s) => s?.storage ?? null),
     alpha,
     out.storage,
+    base?.storage ?? null,
   ] as const;
   return { out, args };
 }
 
-/** X = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), shape [I_1..I_N]; written into options.out if given. */
+/**
+ * X = alpha G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), shape [I_1..I_N], plus options.base if
+ * given; written into options.out if given.
+ */
 export function tuckerReconstruct(
   core: Tensor,
   factors: readonly Tensor[],
@@ -295,23 +318,13 @@ function prepareScaleGrad(
     [core, 'core'],
     [gradX, 'gradX'],
   ]);
-  if (options.out !== undefined && (!Array.isArray(options.out) || options.out.length !== parts.ranks.length)) {
-    throw new Error(
-      `tuckerScaleGrad: out must be an array of ${parts.ranks.length} tensors, one per mode, got ${Array.isArray(options.out) ? options.out.length : typeof options.out}`,
-    );
-  }
   const inputs: [Tensor | null, string][] = [
     [gradX, 'gradX'],
     [core, 'core'],
     ...parts.factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
     ...parts.scales.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
   ];
-  const grads: Tensor[] = [];
-  parts.ranks.forEach((r, n) => {
-    const what = `out[${n}]`;
-    grads.push(resultTensor('tuckerScaleGrad', options.out?.[n], [r], core.device, inputs, what));
-    inputs.push([grads[n], what]);
-  });
+  const grads = gradientTensors('tuckerScaleGrad', parts.ranks, core.device, inputs, options.out);
   const args = [
     gradX.storage,
     core.storage,
@@ -347,6 +360,322 @@ export async function tuckerScaleGradAsync(
 ): Promise<Tensor[]> {
   const { grads, args } = prepareScaleGrad(gradX, core, factors, scales, options);
   await native().tuckerScaleGradAsync(...args);
+  return grads;
+}
+
+/** One result tensor per rank, [R_n] each: options.out's (checked) or fresh ones. */
+function gradientTensors(
+  kernel: string,
+  ranks: readonly number[],
+  device: Device,
+  inputs: [Tensor | null | undefined, string][],
+  out: readonly Tensor[] | undefined,
+): Tensor[] {
+  if (out !== undefined && (!Array.isArray(out) || out.length !== ranks.length)) {
+    throw new Error(
+      `${kernel}: out must be an array of ${ranks.length} tensors, one per mode, got ${Array.isArray(out) ? out.length : typeof out}`,
+    );
+  }
+  const checked = [...inputs];
+  return ranks.map((r, n) => {
+    const what = `out[${n}]`;
+    const grad = resultTensor(kernel, out?.[n], [r], device, checked, what);
+    checked.push([grad, what]);
+    return grad;
+  });
+}
+
+function prepareCoreGrad(z: Tensor, core: Tensor, scales: readonly (Tensor | null)[], options: ScaleGradOptions) {
+  live(z, 'tuckerCoreGrad: z');
+  live(core, 'tuckerCoreGrad: core');
+  if (core.rank < 1 || core.rank > MAX_ORDER) {
+    throw new Error(`tuckerCoreGrad: core has order ${core.rank}; orders 1 to ${MAX_ORDER} are supported`);
+  }
+  if (!sameShape(z.shape, core.shape)) {
+    throw new Error(`tuckerCoreGrad: z has shape ${formatShape(z.shape)} but core is ${formatShape(core.shape)}`);
+  }
+  const ranks = [...core.shape];
+  const scaleList = checkScales('tuckerCoreGrad', scales, ranks, true);
+  sameDevice('tuckerCoreGrad', [
+    [z, 'z'],
+    [core, 'core'],
+    ...scaleList.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+  ]);
+  const inputs: [Tensor | null, string][] = [
+    [z, 'z'],
+    [core, 'core'],
+    ...scaleList.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+  ];
+  const grads = gradientTensors('tuckerCoreGrad', ranks, core.device, inputs, options.out);
+  const args = [
+    z.storage,
+    core.storage,
+    ranks,
+    scaleList.map((s) => s?.storage ?? null),
+    grads.map((g) => g.storage),
+  ] as const;
+  return { grads, args };
+}
+
+/**
+ * The scale gradients from a core-space gradient z (shape of the core): grads[n] = d/dl_n of
+ * sum_r z[r] core[r] prod_m l_m[r_m], one tensor [R_n] each (options.out if given). With z the
+ * projection of a full gradient, these are tuckerScaleGrad's results.
+ */
+export function tuckerCoreGrad(
+  z: Tensor,
+  core: Tensor,
+  scales: readonly (Tensor | null)[],
+  options: ScaleGradOptions = {},
+): Tensor[] {
+  const { grads, args } = prepareCoreGrad(z, core, scales, options);
+  native().tuckerCoreGrad(...args);
+  return grads;
+}
+
+export async function tuckerCoreGradAsync(
+  z: Tensor,
+  core: Tensor,
+  scales: readonly (Tensor | null)[],
+  options: ScaleGradOptions = {},
+): Promise<Tensor[]> {
+  const { grads, args } = prepareCoreGrad(z, core, scales, options);
+  await native().tuckerCoreGradAsync(...args);
+  return grads;
+}
+
+/** Scale vectors, one per rank, each [R_n] (null entries allowed when `nullable`). */
+function checkScales(
+  kernel: string,
+  scales: readonly (Tensor | null)[] | undefined,
+  ranks: readonly number[],
+  nullable: boolean,
+): (Tensor | null)[] {
+  if (!Array.isArray(scales) || scales.length !== ranks.length) {
+    throw new Error(
+      `${kernel}: expected ${ranks.length} scale vectors${nullable ? ' (or null entries)' : ''}, got ${Array.isArray(scales) ? scales.length : typeof scales}`,
+    );
+  }
+  return scales.map((entry: Tensor | null, n) => {
+    if (entry === null && nullable) return null;
+    const s = live(entry, `${kernel}: scales[${n}]`);
+    if (s.rank !== 1 || s.size !== ranks[n]) {
+      throw new Error(`${kernel}: scales[${n}] has shape ${formatShape(s.shape)} but must be [${ranks[n]}]`);
+    }
+    return s;
+  });
+}
+
+export interface KroneckerRowsOptions extends OutOptions {
+  /** Multiplies the result (default 1). */
+  alpha?: number;
+  /** x K (rows of prod modes to rows of prod ranks) instead of x K^T (default false). */
+  contract?: boolean;
+}
+
+function prepareKroneckerRows(
+  x: Tensor,
+  factors: readonly Tensor[],
+  scales: readonly (Tensor | null)[] | undefined,
+  options: KroneckerRowsOptions,
+) {
+  const kernel = 'kroneckerRows';
+  live(x, `${kernel}: x`);
+  if (!Array.isArray(factors) || factors.length < 1 || factors.length > MAX_ORDER) {
+    throw new Error(
+      `${kernel}: expected 1 to ${MAX_ORDER} factors, got ${Array.isArray(factors) ? factors.length : typeof factors}`,
+    );
+  }
+  const modes: number[] = [];
+  const ranks: number[] = [];
+  factors.forEach((f, n) => {
+    live(f, `${kernel}: factors[${n}]`);
+    if (f.rank !== 2)
+      throw new Error(`${kernel}: factors[${n}] has shape ${formatShape(f.shape)} but must be [I_${n}, R_${n}]`);
+    modes.push(f.shape[0]);
+    ranks.push(f.shape[1]);
+  });
+  const scaleList = checkScales(kernel, scales ?? factors.map(() => null), ranks, true);
+  const alpha = options.alpha ?? 1;
+  if (!Number.isFinite(alpha)) throw new Error(`${kernel}: alpha must be a finite number, got ${String(alpha)}`);
+  const contract = options.contract ?? false;
+  const product = (dims: readonly number[]) => dims.reduce((a, b) => a * b, 1);
+  const [inRow, outRow] = contract ? [product(modes), product(ranks)] : [product(ranks), product(modes)];
+  if (x.rank < 1 || x.shape[x.rank - 1] !== inRow) {
+    throw new Error(
+      `${kernel}: x has shape ${formatShape(x.shape)} but its rows must hold ${inRow} values (the product of the ${contract ? 'modes' : 'ranks'})`,
+    );
+  }
+  const inputs: [Tensor | null, string][] = [
+    [x, 'x'],
+    ...factors.map((f, n): [Tensor, string] => [f, `factors[${n}]`]),
+    ...scaleList.map((s, n): [Tensor | null, string] => [s, `scales[${n}]`]),
+  ];
+  sameDevice(kernel, inputs);
+  const out = resultTensor(kernel, options.out, [...x.shape.slice(0, -1), outRow], x.device, inputs);
+  const args = [
+    x.storage,
+    x.size / inRow,
+    modes,
+    ranks,
+    factors.map((f) => f.storage),
+    scaleList.map((s) => s?.storage ?? null),
+    alpha,
+    contract,
+    out.storage,
+  ] as const;
+  return { out, args };
+}
+
+/**
+ * Each row of x (its last dimension) times K = (A_1 diag(s_1)) (x) ... (x) (A_Q diag(s_Q)), with
+ * A_n = factors[n] [I_n, R_n]: alpha x K^T (rows of prod R_n become rows of prod I_n), or with
+ * options.contract alpha x K (the other way). The factored TeRA path's row products; never forms K.
+ */
+export function kroneckerRows(
+  x: Tensor,
+  factors: readonly Tensor[],
+  scales?: readonly (Tensor | null)[],
+  options: KroneckerRowsOptions = {},
+): Tensor {
+  const { out, args } = prepareKroneckerRows(x, factors, scales, options);
+  native().kroneckerRows(...args);
+  return out;
+}
+
+export async function kroneckerRowsAsync(
+  x: Tensor,
+  factors: readonly Tensor[],
+  scales?: readonly (Tensor | null)[],
+  options: KroneckerRowsOptions = {},
+): Promise<Tensor> {
+  const { out, args } = prepareKroneckerRows(x, factors, scales, options);
+  await native().kroneckerRowsAsync(...args);
+  return out;
+}
+
+export interface KroneckerScaleOptions {
+  /** Multiplies lambda (default 1). */
+  alpha?: number;
+  /** Overwritten with the result and returned; it may be x itself. */
+  out?: Tensor;
+}
+
+/** The ranks given by the scale vectors, and x checked against their product. */
+function scaledRows(kernel: string, x: Tensor, scales: readonly Tensor[], what: string) {
+  if (!Array.isArray(scales) || scales.length < 1 || scales.length > MAX_ORDER) {
+    throw new Error(
+      `${kernel}: expected 1 to ${MAX_ORDER} scale vectors, got ${Array.isArray(scales) ? scales.length : typeof scales}`,
+    );
+  }
+  const ranks = scales.map((s, n) => {
+    live(s, `${kernel}: scales[${n}]`);
+    if (s.rank !== 1) throw new Error(`${kernel}: scales[${n}] has shape ${formatShape(s.shape)} but must be a vector`);
+    return s.size;
+  });
+  const cols = ranks.reduce((a, b) => a * b, 1);
+  live(x, `${kernel}: ${what}`);
+  if (x.rank < 1 || x.shape[x.rank - 1] !== cols) {
+    throw new Error(
+      `${kernel}: ${what} has shape ${formatShape(x.shape)} but its rows must hold ${cols} values (the product of the scale lengths)`,
+    );
+  }
+  return { ranks, rows: x.size / cols };
+}
+
+function prepareKroneckerScale(x: Tensor, scales: readonly Tensor[], options: KroneckerScaleOptions) {
+  const kernel = 'kroneckerScale';
+  const { ranks, rows } = scaledRows(kernel, x, scales, 'x');
+  const alpha = options.alpha ?? 1;
+  if (!Number.isFinite(alpha)) throw new Error(`${kernel}: alpha must be a finite number, got ${String(alpha)}`);
+  const vectors = scales.map((s, n): [Tensor, string] => [s, `scales[${n}]`]);
+  sameDevice(kernel, [[x, 'x'], ...vectors]);
+  // In place is allowed (the scaling is elementwise): out may hold x's memory, not a scale vector's.
+  const inPlace = options.out !== undefined && options.out.storage === x.storage;
+  const out = resultTensor(kernel, options.out, x.shape, x.device, inPlace ? vectors : [[x, 'x'], ...vectors]);
+  const args = [x.storage, rows, ranks, scales.map((s) => s.storage), alpha, out.storage] as const;
+  return { out, args };
+}
+
+/** x with each row scaled elementwise by lambda = alpha scales[0] (x) ... (x) scales[Q-1] (into options.out, which may be x). */
+export function kroneckerScale(x: Tensor, scales: readonly Tensor[], options: KroneckerScaleOptions = {}): Tensor {
+  const { out, args } = prepareKroneckerScale(x, scales, options);
+  native().kroneckerScale(...args);
+  return out;
+}
+
+export async function kroneckerScaleAsync(
+  x: Tensor,
+  scales: readonly Tensor[],
+  options: KroneckerScaleOptions = {},
+): Promise<Tensor> {
+  const { out, args } = prepareKroneckerScale(x, scales, options);
+  await native().kroneckerScaleAsync(...args);
+  return out;
+}
+
+export interface KroneckerScaleGradOptions extends ScaleGradOptions {
+  /** Multiplies the gradients (default 1). */
+  alpha?: number;
+}
+
+function prepareKroneckerScaleGrad(
+  a: Tensor,
+  b: Tensor,
+  scales: readonly Tensor[],
+  options: KroneckerScaleGradOptions,
+) {
+  const kernel = 'kroneckerScaleGrad';
+  const { ranks, rows } = scaledRows(kernel, a, scales, 'a');
+  live(b, `${kernel}: b`);
+  if (!sameShape(a.shape, b.shape)) {
+    throw new Error(`${kernel}: a has shape ${formatShape(a.shape)} but b has ${formatShape(b.shape)}`);
+  }
+  const alpha = options.alpha ?? 1;
+  if (!Number.isFinite(alpha)) throw new Error(`${kernel}: alpha must be a finite number, got ${String(alpha)}`);
+  const inputs: [Tensor, string][] = [
+    [a, 'a'],
+    [b, 'b'],
+    ...scales.map((s, n): [Tensor, string] => [s, `scales[${n}]`]),
+  ];
+  sameDevice(kernel, inputs);
+  const grads = gradientTensors(kernel, ranks, a.device, inputs, options.out);
+  const args = [
+    a.storage,
+    b.storage,
+    rows,
+    ranks,
+    scales.map((s) => s.storage),
+    alpha,
+    grads.map((g) => g.storage),
+  ] as const;
+  return { grads, args };
+}
+
+/**
+ * kroneckerScale's scale gradients: grads[n] = d/ds_n of alpha sum_{t,r} a[t, r] b[t, r]
+ * (scales[0] (x) ... (x) scales[Q-1])[r], one tensor [R_n] each (options.out if given), from suffix
+ * contractions and prefix products (never dividing by a scale).
+ */
+export function kroneckerScaleGrad(
+  a: Tensor,
+  b: Tensor,
+  scales: readonly Tensor[],
+  options: KroneckerScaleGradOptions = {},
+): Tensor[] {
+  const { grads, args } = prepareKroneckerScaleGrad(a, b, scales, options);
+  native().kroneckerScaleGrad(...args);
+  return grads;
+}
+
+export async function kroneckerScaleGradAsync(
+  a: Tensor,
+  b: Tensor,
+  scales: readonly Tensor[],
+  options: KroneckerScaleGradOptions = {},
+): Promise<Tensor[]> {
+  const { grads, args } = prepareKroneckerScaleGrad(a, b, scales, options);
+  await native().kroneckerScaleGradAsync(...args);
   return grads;
 }
 

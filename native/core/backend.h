@@ -80,9 +80,11 @@ class Backend {
                            const float* matrix, int64_t rows, const float* scale, float* y) = 0;
 
   // X = alpha * G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)); scales[n] may be null (ones).
+  // out = X, or base + X when base is not null (base and out are distinct), so that
+  // W0 + alpha dW costs no pass of its own.
   virtual void tuckerReconstruct(const TuckerShape& shape, const float* core,
                                  const float* const* factors, const float* const* scales,
-                                 float alpha, float* out) = 0;
+                                 float alpha, float* out, const float* base) = 0;
 
   // dl_n = d<gradX, X(l)>/dl_n for all n (alpha = 1), by the core-space projection.
   // With overwriteGradX, gradX (then not const in effect) may be used as the
@@ -90,6 +92,28 @@ class Backend {
   virtual void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
                                const float* const* factors, const float* const* scales,
                                float* const* gradScales, bool overwriteGradX) = 0;
+
+  // The same gradients from the core-space gradient Z (shape ranks[0..order)), the
+  // projection already done: dl_n = d/dl_n sum_r Z[r] G[r] prod_m l_m[r_m].
+  virtual void tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                              const float* const* scales, float* const* gradScales) = 0;
+
+  // The factored path's row products: every one of `rows` rows times
+  // K = (A_1 diag(s_1)) (x) ... (x) (A_Q diag(s_Q)), A_n [modes[n], ranks[n]]:
+  // y = alpha x K^T ([rows, prod ranks] -> [rows, prod modes]) or, with `contract`,
+  // y = alpha x K ([rows, prod modes] -> [rows, prod ranks]). x and y are distinct.
+  virtual void kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                             const float* const* scales, float alpha, bool contract, const float* x,
+                             float* y) = 0;
+  // y[t, r] = x[t, r] * lambda[r], lambda = alpha s_1 (x) ... (x) s_Q computed in double and
+  // rounded once; y may be x.
+  virtual void kroneckerScale(int64_t rows, int order, const int64_t* ranks,
+                              const float* const* scales, float alpha, const float* x,
+                              float* y) = 0;
+  // gradScales[n] = d/ds_n of alpha sum_{t, r} a[t, r] b[t, r] (s_1 (x) ... (x) s_Q)[r].
+  virtual void kroneckerScaleGrad(int64_t rows, int order, const int64_t* ranks, const float* a,
+                                  const float* b, const float* const* scales, float alpha,
+                                  float* const* gradScales) = 0;
 
   // Element k = f(Philox(counter = (k, stream), key = seed)); Uniform in [a, b),
   // Normal with mean a and standard deviation b.

@@ -177,14 +177,37 @@ class CpuBackend final : public Backend {
   }
 
   void tuckerReconstruct(const TuckerShape& shape, const float* core, const float* const* factors,
-                         const float* const* scales, float alpha, float* out) override {
-    cpu::tuckerReconstruct(shape, core, factors, scales, alpha, out);
+                         const float* const* scales, float alpha, float* out,
+                         const float* base) override {
+    cpu::tuckerReconstruct(shape, core, factors, scales, alpha, out, base);
   }
 
   void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
                        const float* const* factors, const float* const* scales,
                        float* const* gradScales, bool overwriteGradX) override {
     cpu::tuckerScaleGrad(shape, gradX, core, factors, scales, gradScales, overwriteGradX);
+  }
+
+  void tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                      const float* const* scales, float* const* gradScales) override {
+    cpu::tuckerCoreGrad(order, ranks, z, core, scales, gradScales);
+  }
+
+  void kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                     const float* const* scales, float alpha, bool contract, const float* x,
+                     float* y) override {
+    cpu::kroneckerRows(rows, shape, factors, scales, alpha, contract, x, y);
+  }
+
+  void kroneckerScale(int64_t rows, int order, const int64_t* ranks, const float* const* scales,
+                      float alpha, const float* x, float* y) override {
+    cpu::kroneckerScale(rows, order, ranks, scales, alpha, x, y);
+  }
+
+  void kroneckerScaleGrad(int64_t rows, int order, const int64_t* ranks, const float* a,
+                          const float* b, const float* const* scales, float alpha,
+                          float* const* gradScales) override {
+    cpu::kroneckerScaleGrad(rows, order, ranks, a, b, scales, alpha, gradScales);
   }
 
   void randomFill(float* out, int64_t count, Distribution distribution, uint64_t seed,

@@ -1,23 +1,36 @@
 #include "cpu/tucker_cpu.h"
 
+#include <cblas.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <numeric>
 #include <vector>
 
 #include "core/errors.h"
 #include "cpu/thread_pool.h"
+#include "cpu/tucker_tiles.h"
 
 namespace tera {
 namespace cpu {
 namespace {
 
-// Floats in one cache-resident working buffer; each thread ping-pongs between
-// two, which together stay inside a 256-512 KiB L2.
+// Floats in one cache-resident buffer of a slab pass (two per thread).
 constexpr int64_t kSlabBudget = 32 * 1024;
-// Phase B copies column blocks in and out of a row-major matrix: narrower blocks
-// than this waste most of each cache line and TLB entry they touch (measured).
-constexpr int64_t kMinBlockWidth = 64;
+// Floats in one buffer of a column pass (rows x columns, two per thread).
+constexpr int64_t kColumnBudget = 64 * 1024;
+// Narrowest column block: one 64-byte cache line of a row.
+constexpr int64_t kMinColumnWidth = 16;
+// Largest table of prefix weights kept for the peeling (doubles).
+constexpr int64_t kWeightTable = 1 << 14;
+// Pass outputs at least this large (floats) are stored past the cache: they are
+// read again only by the next pass or GEMM, long after they would have left it.
+constexpr int64_t kStreamFloats = int64_t(4) << 20;
 
 int64_t product(const int64_t* dims, int begin, int end) {
   int64_t p = 1;
@@ -25,329 +38,567 @@ int64_t product(const int64_t* dims, int begin, int end) {
   return p;
 }
 
-bool cpuHasAvx2Fma() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-}
-
-// --- Scalar twin: the portable path and the tails of the vector path ----------
-
-void tileRowsScalar(const float* in, int64_t inStride, float* out, int64_t outStride, int64_t K,
-                    int64_t J, const float* u, int64_t qBegin, int64_t width) {
-  for (int64_t j = 0; j < J; ++j) {
-    float* row = out + j * outStride;
-    for (int64_t q = qBegin; q < width; ++q) row[q] = 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-      const float w = u[j * K + k];
-      const float* src = in + k * inStride;
-      for (int64_t q = qBegin; q < width; ++q) row[q] += w * src[q];
-    }
-  }
-}
-
-// --- AVX2 + FMA ---------------------------------------------------------------
-
-// JB output rows x 16 (or 8) columns held in registers across the whole K loop.
-template <int JB>
-__attribute__((target("avx2,fma"))) int64_t tileRowsAvx2(const float* in, int64_t inStride,
-                                                         float* out, int64_t outStride, int64_t K,
-                                                         const float* u, int64_t width) {
-  int64_t q = 0;
-  for (; q + 16 <= width; q += 16) {
-    __m256 lo[JB], hi[JB];
-    for (int j = 0; j < JB; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-      const __m256 x0 = _mm256_loadu_ps(in + k * inStride + q);
-      const __m256 x1 = _mm256_loadu_ps(in + k * inStride + q + 8);
-      for (int j = 0; j < JB; ++j) {
-        const __m256 w = _mm256_broadcast_ss(u + j * K + k);
-        lo[j] = _mm256_fmadd_ps(w, x0, lo[j]);
-        hi[j] = _mm256_fmadd_ps(w, x1, hi[j]);
-      }
-    }
-    for (int j = 0; j < JB; ++j) {
-      _mm256_storeu_ps(out + j * outStride + q, lo[j]);
-      _mm256_storeu_ps(out + j * outStride + q + 8, hi[j]);
-    }
-  }
-  for (; q + 8 <= width; q += 8) {
-    __m256 acc[JB];
-    for (int j = 0; j < JB; ++j) acc[j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-      const __m256 x = _mm256_loadu_ps(in + k * inStride + q);
-      for (int j = 0; j < JB; ++j) {
-        acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(u + j * K + k), x, acc[j]);
-      }
-    }
-    for (int j = 0; j < JB; ++j) _mm256_storeu_ps(out + j * outStride + q, acc[j]);
-  }
-  return q;
-}
-
-// The contiguous last-mode case (width 1): out[p, :] = U in[p, :], vectorised over
-// j with U transposed and zero-padded (ut is [K, jPadded], jPadded a multiple of
-// 8 * JV). PB rows x JV vectors of accumulators stay in registers.
-template <int PB, int JV>
-__attribute__((target("avx2,fma"))) void lastModeRowsAvx2(const float* in, float* out, int64_t K,
-                                                          int64_t J, const float* ut,
-                                                          int64_t jPadded) {
-  for (int64_t j0 = 0; j0 < jPadded; j0 += 8 * JV) {
-    __m256 acc[PB][JV];
-    for (int p = 0; p < PB; ++p) {
-      for (int v = 0; v < JV; ++v) acc[p][v] = _mm256_setzero_ps();
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      __m256 w[JV];
-      for (int v = 0; v < JV; ++v) w[v] = _mm256_loadu_ps(ut + k * jPadded + j0 + 8 * v);
-      for (int p = 0; p < PB; ++p) {
-        const __m256 x = _mm256_broadcast_ss(in + p * K + k);
-        for (int v = 0; v < JV; ++v) acc[p][v] = _mm256_fmadd_ps(x, w[v], acc[p][v]);
-      }
-    }
-    for (int p = 0; p < PB; ++p) {
-      for (int v = 0; v < JV; ++v) {
-        const int64_t j = j0 + 8 * v;
-        const int64_t valid = std::min<int64_t>(8, J - j);
-        if (valid == 8) {
-          _mm256_storeu_ps(out + p * J + j, acc[p][v]);
-        } else if (valid > 0) {
-          alignas(32) float lanes[8];
-          _mm256_store_ps(lanes, acc[p][v]);
-          std::copy(lanes, lanes + valid, out + p * J + j);
-        }
-      }
-    }
-  }
-}
-
-template <int JV>
-void lastModeAvx2(const float* in, float* out, int64_t P, int64_t K, int64_t J, const float* u) {
-  thread_local std::vector<float> ut;
-  const int64_t jPadded = (J + 8 * JV - 1) / (8 * JV) * (8 * JV);
-  ut.assign(static_cast<size_t>(K * jPadded), 0.0f);
-  for (int64_t j = 0; j < J; ++j) {
-    for (int64_t k = 0; k < K; ++k) ut[size_t(k * jPadded + j)] = u[j * K + k];
-  }
-  constexpr int kRows = 4;  // 4 x JV accumulators, JV loads, 1 broadcast
-  int64_t p = 0;
-  for (; p + kRows <= P; p += kRows) {
-    lastModeRowsAvx2<kRows, JV>(in + p * K, out + p * J, K, J, ut.data(), jPadded);
-  }
-  for (; p < P; ++p) lastModeRowsAvx2<1, JV>(in + p * K, out + p * J, K, J, ut.data(), jPadded);
-}
-
-void tileAvx2(const float* in, int64_t inStride, float* out, int64_t outStride, int64_t K,
-              int64_t J, const float* u, int64_t width) {
-  constexpr int kRows = 6;  // 12 accumulators + 2 inputs + 1 broadcast = 15 of 16 registers
-  int64_t j = 0;
-  int64_t done = 0;
-  for (; j + kRows <= J; j += kRows) {
-    done = tileRowsAvx2<kRows>(in, inStride, out + j * outStride, outStride, K, u + j * K, width);
-  }
-  const float* uTail = u + j * K;
-  float* outTail = out + j * outStride;
-  switch (J - j) {
-    case 5:
-      done = tileRowsAvx2<5>(in, inStride, outTail, outStride, K, uTail, width);
-      break;
-    case 4:
-      done = tileRowsAvx2<4>(in, inStride, outTail, outStride, K, uTail, width);
-      break;
-    case 3:
-      done = tileRowsAvx2<3>(in, inStride, outTail, outStride, K, uTail, width);
-      break;
-    case 2:
-      done = tileRowsAvx2<2>(in, inStride, outTail, outStride, K, uTail, width);
-      break;
-    case 1:
-      done = tileRowsAvx2<1>(in, inStride, outTail, outStride, K, uTail, width);
-      break;
-    default:
-      break;
-  }
-  if (done < width) tileRowsScalar(in, inStride, out, outStride, K, J, u, done, width);
-}
-
-// Applies modes hi-1 down to lo of a compact tensor with dims cur[lo..hi)
-// followed by `batch` columns; the last step writes to `dst`.
-void applyModesCompact(int lo, int hi, int64_t* cur, const int64_t* outDims, int64_t batch,
-                       const float* const* mats, const float* src, float* dst, float* bufA,
-                       float* bufB) {
-  const float* from = src;
-  for (int n = hi - 1; n >= lo; --n) {
-    const int64_t P = product(cur, lo, n);
-    const int64_t Q = product(cur, n + 1, hi) * batch;
-    float* to = n == lo ? dst : (from == bufA ? bufB : bufA);
-    modeProductTile(from, Q, to, Q, P, cur[n], outDims[n], Q, mats[n]);
-    cur[n] = outDims[n];
-    from = to;
-  }
-}
-
-// A buffer reused across calls (kernels run one at a time per backend), so large
-// projections do not pay for fresh pages on every call. It only grows.
-float* workspace(int64_t count) {
-  static std::vector<float> buffer;
-  if (buffer.size() < size_t(count)) {
+// Per-thread scratch that only grows: after the first call a kernel pays no page
+// faults for its cache buffers.
+float* threadScratch(int64_t count) {
+  thread_local std::vector<float> buffer;
+  if (int64_t(buffer.size()) < count) {
     buffer = std::vector<float>();
     buffer.resize(size_t(count));
   }
   return buffer.data();
 }
 
-// weights (x) scale, where a null scale means ones.
-std::vector<double> outerWithScale(const std::vector<double>& weights, const float* scale,
-                                   int64_t rank) {
-  std::vector<double> grown(weights.size() * size_t(rank));
-  for (size_t a = 0; a < weights.size(); ++a) {
-    for (int64_t r = 0; r < rank; ++r) {
-      grown[a * size_t(rank) + size_t(r)] = weights[a] * (scale ? double(scale[r]) : 1.0);
-    }
+// A grow-only buffer on 2 MiB-aligned memory advised for transparent huge
+// pages: column passes touch one cache line per row across the whole buffer,
+// and with 4 KiB pages every one of those lines would cost a TLB miss.
+class HugePageBuffer {
+ public:
+  ~HugePageBuffer() { std::free(data_); }
+  float* get(int64_t count) {
+    if (count <= capacity_) return data_;
+    constexpr size_t kHugePage = size_t(2) << 20;
+    const size_t bytes = (size_t(count) * sizeof(float) + kHugePage - 1) / kHugePage * kHugePage;
+    void* fresh = std::aligned_alloc(kHugePage, bytes);
+    if (!fresh) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+#ifdef MADV_HUGEPAGE
+    madvise(fresh, bytes, MADV_HUGEPAGE);
+#endif
+    std::free(data_);
+    data_ = static_cast<float*>(fresh);
+    capacity_ = int64_t(bytes / sizeof(float));
+    return data_;
   }
-  return grown;
+
+ private:
+  float* data_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
+// Intermediates between passes that fit in no caller buffer (ranks below modes,
+// order-2 products through OpenBLAS, a projection that keeps its input).
+// Kernels run one at a time per backend; these only grow.
+float* sharedScratch(int slot, int64_t count) {
+  static HugePageBuffer buffers[2];
+  return buffers[slot].get(count);
 }
 
-// For T of shape [lead, rank]: grad[r] = sum_a weights[a] T[a, r] and
-// contracted[a] = sum_r T[a, r] scale[r], accumulated in double.
-template <typename T>
-void peelLastMode(const T* t, int64_t lead, int64_t rank, const float* scale, const double* weights,
-                  double* contracted, float* grad) {
-  std::vector<double> s(static_cast<size_t>(rank));
-  for (int64_t r = 0; r < rank; ++r) s[size_t(r)] = scale ? double(scale[r]) : 1.0;
-  const int threads = numThreads();
-  std::vector<double> partial(static_cast<size_t>(threads * rank), 0.0);
-  parallelFor(lead, [&](int64_t begin, int64_t end, int worker) {
-    double* acc = partial.data() + worker * rank;
-    for (int64_t a = begin; a < end; ++a) {
-      const T* row = t + a * rank;
-      const double w = weights[a];
-      double dot = 0;
-      for (int64_t r = 0; r < rank; ++r) {
-        const double v = double(row[r]);
-        dot += v * s[size_t(r)];
-        acc[r] += w * v;
+int blasDim(int64_t value) {
+  if (value > INT_MAX) {
+    throw Error("Tucker kernel: a mode product of size " + std::to_string(value) +
+                " exceeds the BLAS 32-bit index limit");
+  }
+  return int(value);
+}
+
+// out[p] = U in[p] for p < P, in[p] [K, Q], out[p] [J, Q]; Q = 1 is one GEMM.
+void blasModeProduct(const ModeMatrix& u, const float* in, float* out, int64_t P, int64_t Q) {
+  const int K = blasDim(u.cols()), J = blasDim(u.rows());
+  if (Q == 1) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasDim(P), J, K, 1.0f, in, K, u.data(), K,
+                0.0f, out, J);
+    return;
+  }
+  const int q = blasDim(Q);
+  for (int64_t p = 0; p < P; ++p) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, J, q, K, 1.0f, u.data(), K,
+                in + p * K * Q, q, 0.0f, out + p * J * Q, q);
+  }
+}
+
+// What the last pass of a multi-mode product does with each finished tile:
+// store it (adding `base` when given), or hand it to `consume` instead.
+struct Epilogue {
+  const float* base = nullptr;
+  // Called once with the number of tiles, then per tile: `rows` rows of `cols`
+  // floats at tile + i * cols hold the output's flat elements
+  // [offset + i * stride, offset + i * stride + cols).
+  std::function<void(int64_t tiles)> prepare;
+  std::function<void(int64_t tileIndex, const float* tile, int64_t offset, int64_t stride,
+                     int64_t rows, int64_t cols)>
+      consume;
+  // Tile columns are a multiple of this (whole rows of the last mode for consume).
+  int64_t granule = 1;
+};
+
+// Modes [lo, hi) applied by one pass over memory: cache-sized tiles (slabs of
+// whole trailing groups, or column blocks of leading ones), or one large mode
+// by OpenBLAS.
+struct Pass {
+  int lo, hi;
+  bool blas;
+};
+
+// Where a tile's rows live: row r at base + r * rowStride.
+struct Placement {
+  float* base;
+  int64_t rowStride;
+};
+
+class MultiModeProduct {
+ public:
+  // mats[n] == nullptr leaves mode n as it is (inDims[n] == outDims[n]).
+  MultiModeProduct(int order, const int64_t* inDims, const int64_t* outDims,
+                   const ModeMatrix* const* mats)
+      : order_(order), mats_(mats, mats + order) {
+    std::copy(inDims, inDims + order, in_);
+    std::copy(outDims, outDims + order, out_);
+    for (int n = 0; n < order; ++n) widest_[n] = std::max(inDims[n], outDims[n]);
+    plan();
+  }
+
+  // Runs in -> out. `out` may equal `in` (then in is overwritten) and may be null
+  // when the epilogue consumes the result; `capacity` floats at out may hold
+  // intermediates.
+  void run(const float* in, float* out, int64_t capacity, const Epilogue& epilogue) {
+    int64_t cur[kMaxOrder];
+    std::copy(in_, in_ + order_, cur);
+    const float* src = in;
+    int srcSlot = -1;  // the shared scratch slot src lives in, if any
+    for (size_t i = 0; i < passes_.size(); ++i) {
+      const bool last = i + 1 == passes_.size();
+      const Pass& pass = passes_[i];
+      int64_t after[kMaxOrder];
+      std::copy(cur, cur + order_, after);
+      std::copy(out_ + pass.lo, out_ + pass.hi, after + pass.lo);
+      float* dst = out;
+      int dstSlot = -1;
+      const int64_t size = product(after, 0, order_);
+      // A consumed result from OpenBLAS still needs memory to land in.
+      const bool needsBuffer =
+          last ? !out && pass.blas
+               : !(out && size <= capacity && laterPassesInPlace(i + 1, after, capacity) &&
+                   (src != out || inPlaceCapable(pass, cur)));
+      if (needsBuffer) {
+        dstSlot = srcSlot == 0 ? 1 : 0;
+        dst = sharedScratch(dstSlot, size);
       }
-      contracted[a] = dot;
+      runPass(pass, cur, src, dst, last ? &epilogue : nullptr);
+      std::copy(after, after + order_, cur);
+      src = dst;
+      srcSlot = dstSlot;
     }
-  });
-  for (int64_t r = 0; r < rank; ++r) {
+  }
+
+ private:
+  bool active(int n) const { return mats_[size_t(n)] != nullptr; }
+  bool large(int n) const {
+    return active(n) && appliedByBlas(mats_[size_t(n)]->rows(), mats_[size_t(n)]->cols());
+  }
+
+  // Groups found from the last mode: large modes on their own, the rest in the
+  // fewest groups whose tiles fit the cache budgets (groups without an active
+  // mode dropped). Slab passes stream contiguous rows; the others touch one
+  // cache line per row, so the groups run in whichever order (last group first,
+  // or first group first) gives those passes less data to move. On a tie the
+  // trailing group's slabs go last: the result (and a base the epilogue reads,
+  // or the core the peeling reads) is then accessed in contiguous rows.
+  void plan() {
+    int hi = order_;
+    while (hi > 0) {
+      const int n = hi - 1;
+      if (large(n)) {
+        passes_.push_back({n, hi, true});
+        hi = n;
+        continue;
+      }
+      int floor = n;
+      while (floor > 0 && !large(floor - 1)) --floor;
+      const bool slab = product(widest_, hi, order_) == 1;
+      const int64_t budget = slab ? kSlabBudget : kColumnBudget / kMinColumnWidth;
+      int lo = n;
+      int64_t rows = widest_[n];
+      while (lo > floor && rows * widest_[lo - 1] <= budget) rows *= widest_[--lo];
+      bool any = false;
+      for (int m = lo; m < hi; ++m) any = any || active(m);
+      if (any) passes_.push_back({lo, hi, false});
+      hi = lo;
+    }
+    if (passes_.empty()) throw Error("internal: a multi-mode product without a mode to apply");
+    const double lastFirst = scatteredVolume();
+    std::reverse(passes_.begin(), passes_.end());
+    if (lastFirst < scatteredVolume()) std::reverse(passes_.begin(), passes_.end());
+  }
+
+  // Floats read and written by the passes that are not slab passes, in the current order.
+  double scatteredVolume() const {
+    int64_t cur[kMaxOrder];
+    std::copy(in_, in_ + order_, cur);
+    double volume = 0;
+    for (const Pass& pass : passes_) {
+      const bool slab = product(widest_, pass.hi, order_) == 1;
+      const double before = double(product(cur, 0, order_));
+      std::copy(out_ + pass.lo, out_ + pass.hi, cur + pass.lo);
+      if (!slab) volume += before + double(product(cur, 0, order_));
+    }
+    return volume;
+  }
+
+  // A pass can read and write the same buffer when its tiles' input and output
+  // regions coincide (as many rows in as out) or when one leading index leaves
+  // tiles as disjoint column blocks.
+  bool inPlaceCapable(const Pass& pass, const int64_t* cur) const {
+    if (pass.blas) return false;
+    return product(cur, 0, pass.lo) == 1 ||
+           product(cur, pass.lo, pass.hi) == product(out_, pass.lo, pass.hi);
+  }
+
+  // Whether passes [first, end) can all run in the output buffer, every
+  // intermediate fitting its capacity.
+  bool laterPassesInPlace(size_t first, const int64_t* dims, int64_t capacity) const {
+    int64_t cur[kMaxOrder];
+    std::copy(dims, dims + order_, cur);
+    for (size_t i = first; i < passes_.size(); ++i) {
+      if (!inPlaceCapable(passes_[i], cur)) return false;
+      std::copy(out_ + passes_[i].lo, out_ + passes_[i].hi, cur + passes_[i].lo);
+      if (i + 1 < passes_.size() && product(cur, 0, order_) > capacity) return false;
+    }
+    return true;
+  }
+
+  void runPass(const Pass& pass, const int64_t* cur, const float* src, float* dst,
+               const Epilogue* epilogue) {
+    const int64_t lead = product(cur, 0, pass.lo);
+    const int64_t rowsIn = product(cur, pass.lo, pass.hi);
+    const int64_t rowsOut = product(out_, pass.lo, pass.hi);
+    const int64_t Q = product(cur, pass.hi, order_);
+    if (pass.blas) {
+      blasModeProduct(*mats_[size_t(pass.lo)], src, dst, lead, Q);
+      if (epilogue) finishWhole(*epilogue, dst, lead * rowsOut * Q);
+      return;
+    }
+    std::vector<int> steps;
+    for (int n = pass.hi - 1; n >= pass.lo; --n) {
+      if (active(n)) steps.push_back(n);
+    }
+    const int64_t widestRows = product(widest_, pass.lo, pass.hi);
+    const bool slab = Q == 1;
+    const bool consumes = epilogue && epilogue->consume;
+    // One step reading and writing the same rows needs its input copied aside.
+    const bool inPlaceSingle = src == dst && steps.size() == 1 && !consumes;
+    int64_t batch = 1, width = 1, blocks = 1;
+    if (slab) {
+      const int64_t fit = std::max<int64_t>(1, kSlabBudget / widestRows);
+      const int64_t spread = std::max<int64_t>(1, lead / (4 * int64_t(numThreads())));
+      batch = std::min(fit, spread);
+    } else {
+      const int64_t granule = consumes ? epilogue->granule : 1;
+      int64_t unit = granule > 1 ? granule : kMinColumnWidth;
+      if (granule > 1 && std::lcm(granule, kMinColumnWidth) <= 256) {
+        unit = std::lcm(granule, kMinColumnWidth);
+      }
+      width = std::min(Q, std::max(unit, kColumnBudget / widestRows / unit * unit));
+      blocks = (Q + width - 1) / width;
+    }
+    const int64_t tiles = slab ? (lead + batch - 1) / batch : lead * blocks;
+    if (consumes && epilogue->prepare) epilogue->prepare(tiles);
+    const int64_t bufferFloats = batch * widestRows * width;
+    const bool stream = !consumes && lead * rowsOut * Q >= kStreamFloats;
+    parallelFor(tiles, [&](int64_t begin, int64_t end, int) {
+      float* scratch = threadScratch(3 * bufferFloats);
+      float* buffers[2] = {scratch, scratch + bufferFloats};
+      float* gathered = scratch + 2 * bufferFloats;
+      for (int64_t tile = begin; tile < end; ++tile) {
+        int64_t count = 1, q0 = 0, w = width, inOffset, outOffset, rowStride;
+        if (slab) {
+          const int64_t p0 = tile * batch;
+          count = std::min(batch, lead - p0);
+          inOffset = p0 * rowsIn;
+          outOffset = p0 * rowsOut;
+          rowStride = 1;
+        } else {
+          const int64_t p = tile / blocks;
+          q0 = (tile % blocks) * width;
+          w = std::min(width, Q - q0);
+          inOffset = p * rowsIn * Q + q0;
+          outOffset = p * rowsOut * Q + q0;
+          rowStride = Q;
+        }
+        Placement from{const_cast<float*>(src) + inOffset, rowStride};
+        if (inPlaceSingle) {
+          for (int64_t r = 0; r < count * rowsIn; ++r) {
+            std::copy(from.base + r * rowStride, from.base + r * rowStride + w, gathered + r * w);
+          }
+          from = {gathered, w};
+        }
+        const Placement to =
+            consumes ? Placement{gathered, w} : Placement{dst + outOffset, rowStride};
+        TileAccess first, final;
+        first.prefetch = !slab && !inPlaceSingle;
+        if (!consumes) {
+          final.stream = stream;
+          if (epilogue && epilogue->base) final.base = epilogue->base + outOffset;
+        }
+        applySteps(steps, pass, cur, count, w, from, to, buffers, first, final);
+        if (!consumes) continue;
+        if (slab) {
+          epilogue->consume(tile, gathered, outOffset, 0, 1, count * rowsOut);
+        } else {
+          epilogue->consume(tile, gathered, outOffset, Q, rowsOut, w);
+        }
+      }
+      if (stream) finishStreaming();
+    });
+  }
+
+  // The modes of one tile, last first: `count` slabs or one column block of
+  // width w; the first step reads `from`, the last writes `to`, the others
+  // ping-pong between the two compact buffers.
+  void applySteps(const std::vector<int>& steps, const Pass& pass, const int64_t* dims,
+                  int64_t count, int64_t w, Placement from, Placement to, float* const* buffers,
+                  const TileAccess& first, const TileAccess& final) const {
+    int64_t cur[kMaxOrder];
+    std::copy(dims, dims + order_, cur);
+    Placement source = from;
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const int n = steps[s];
+      const ModeMatrix& u = *mats_[size_t(n)];
+      const int64_t P = count * product(cur, pass.lo, n);
+      const int64_t m = product(cur, n + 1, pass.hi);
+      const bool last = s + 1 == steps.size();
+      const Placement target = last ? to : Placement{buffers[source.base == buffers[0] ? 1 : 0], w};
+      TileAccess access = last ? final : TileAccess();
+      access.prefetch = s == 0 && first.prefetch;
+      applyModeTile(u, source.base, {m * source.rowStride, source.rowStride}, target.base,
+                    {m * target.rowStride, target.rowStride}, P, m, w, access);
+      cur[n] = out_[n];
+      source = target;
+    }
+  }
+
+  // The epilogue of a pass that wrote its whole result to `result` at once.
+  static void finishWhole(const Epilogue& epilogue, float* result, int64_t size) {
+    if (epilogue.consume) {
+      if (epilogue.prepare) epilogue.prepare(1);
+      epilogue.consume(0, result, 0, 0, 1, size);
+    } else if (epilogue.base) {
+      const float* base = epilogue.base;
+      parallelFor(size, [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) result[i] = base[i] + result[i];
+      });
+    }
+  }
+
+  int order_;
+  int64_t in_[kMaxOrder] = {}, out_[kMaxOrder] = {}, widest_[kMaxOrder] = {};
+  std::vector<const ModeMatrix*> mats_;
+  std::vector<Pass> passes_;
+};
+
+// --- The scaling-vector gradients by peeling (docs/math.md) ----------------------
+
+// s_begin (x) ... (x) s_{end-1} in double (null scales are ones).
+std::vector<double> kronecker(int begin, int end, const int64_t* ranks,
+                              const float* const* scales) {
+  std::vector<double> out(1, 1.0);
+  for (int n = begin; n < end; ++n) {
+    std::vector<double> grown(out.size() * size_t(ranks[n]));
+    for (size_t a = 0; a < out.size(); ++a) {
+      for (int64_t r = 0; r < ranks[n]; ++r) {
+        grown[a * size_t(ranks[n]) + size_t(r)] = out[a] * (scales[n] ? double(scales[n][r]) : 1.0);
+      }
+    }
+    out.swap(grown);
+  }
+  return out;
+}
+
+// The prefix weight prod_{m < count} s_m[r_m] of a = (r_0 .. r_{count-1}), as
+// high[a / lowCount] * low[a % lowCount] so that neither table outgrows the cache.
+class PrefixWeights {
+ public:
+  PrefixWeights(int count, const int64_t* ranks, const float* const* scales) {
+    int split = count;
+    while (split > 0 && lowCount_ * ranks[split - 1] <= kWeightTable) lowCount_ *= ranks[--split];
+    high_ = kronecker(0, split, ranks, scales);
+    low_ = kronecker(split, count, ranks, scales);
+  }
+  // Reads the weights of a, a + 1, ... in turn, without a division per row.
+  class Cursor {
+   public:
+    Cursor(const PrefixWeights& w, int64_t a)
+        : high_(w.high_.data()),
+          low_(w.low_.data()),
+          count_(w.lowCount_),
+          hi_(a / w.lowCount_),
+          lo_(a % w.lowCount_) {}
+    double next() {
+      const double weight = high_[hi_] * low_[lo_];
+      if (++lo_ == count_) {
+        lo_ = 0;
+        ++hi_;
+      }
+      return weight;
+    }
+
+   private:
+    const double* high_;
+    const double* low_;
+    int64_t count_, hi_, lo_;
+  };
+  Cursor from(int64_t a) const { return Cursor(*this, a); }
+
+ private:
+  int64_t lowCount_ = 1;
+  std::vector<double> high_, low_;
+};
+
+// Rows a in [a0, a0 + count) of H = z * g (elementwise, in float), R floats
+// each: grad[r] += W(a) H[a, r] and next[a - a0] = sum_r H[a, r] s[r], in double.
+void peelRowsScalar(const float* z, const float* g, int64_t a0, int64_t count, int64_t R,
+                    const double* s, const PrefixWeights& weights, double* grad, double* next) {
+  PrefixWeights::Cursor cursor = weights.from(a0);
+  for (int64_t i = 0; i < count; ++i) {
+    const double w = cursor.next();
+    double dot = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      const float h = z[i * R + r] * g[i * R + r];
+      grad[r] += w * double(h);
+      dot += double(h) * s[r];
+    }
+    next[i] = dot;
+  }
+}
+
+__attribute__((target("avx2,fma"))) __m256d loadRowQuad(const float* z, const float* g) {
+  return _mm256_cvtps_pd(_mm_mul_ps(_mm_loadu_ps(z), _mm_loadu_ps(g)));
+}
+
+__attribute__((target("avx2,fma"))) double horizontalSum(__m256d v) {
+  const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+}
+
+// R = 4 * RV with the gradient accumulators held in registers.
+template <int RV>
+__attribute__((target("avx2,fma"))) void peelRowsAvx2(const float* z, const float* g, int64_t a0,
+                                                      int64_t count, const double* s,
+                                                      const PrefixWeights& weights, double* grad,
+                                                      double* next) {
+  constexpr int R = 4 * RV;
+  __m256d acc[RV], scale[RV];
+  for (int v = 0; v < RV; ++v) {
+    acc[v] = _mm256_loadu_pd(grad + 4 * v);
+    scale[v] = _mm256_loadu_pd(s + 4 * v);
+  }
+  PrefixWeights::Cursor cursor = weights.from(a0);
+  for (int64_t i = 0; i < count; ++i) {
+    const __m256d w = _mm256_set1_pd(cursor.next());
+    __m256d dot = _mm256_setzero_pd();
+    for (int v = 0; v < RV; ++v) {
+      const __m256d h = loadRowQuad(z + i * R + 4 * v, g + i * R + 4 * v);
+      acc[v] = _mm256_fmadd_pd(w, h, acc[v]);
+      dot = _mm256_fmadd_pd(h, scale[v], dot);
+    }
+    next[i] = horizontalSum(dot);
+  }
+  for (int v = 0; v < RV; ++v) _mm256_storeu_pd(grad + 4 * v, acc[v]);
+}
+
+void peelRows(const float* z, const float* g, int64_t a0, int64_t count, int64_t R, const double* s,
+              const PrefixWeights& weights, double* grad, double* next) {
+  if (vectorTilesAvailable()) {
+    switch (R) {
+      case 4:
+        return peelRowsAvx2<1>(z, g, a0, count, s, weights, grad, next);
+      case 8:
+        return peelRowsAvx2<2>(z, g, a0, count, s, weights, grad, next);
+      case 12:
+        return peelRowsAvx2<3>(z, g, a0, count, s, weights, grad, next);
+      case 16:
+        return peelRowsAvx2<4>(z, g, a0, count, s, weights, grad, next);
+      default:
+        break;
+    }
+  }
+  peelRowsScalar(z, g, a0, count, R, s, weights, grad, next);
+}
+
+std::vector<double> scaleVector(const float* scale, int64_t rank) {
+  std::vector<double> s(size_t(rank), 1.0);
+  if (scale) std::copy(scale, scale + rank, s.begin());
+  return s;
+}
+
+// Sums per-part partial gradients (parts x R) in part order into grad.
+void sumPartials(const std::vector<double>& partial, int64_t parts, int64_t R, float* grad) {
+  for (int64_t r = 0; r < R; ++r) {
     double total = 0;
-    for (int t = 0; t < threads; ++t) total += partial[size_t(t * rank + r)];
+    for (int64_t p = 0; p < parts; ++p) total += partial[size_t(p * R + r)];
     grad[r] = float(total);
   }
 }
 
+// The remaining levels n = last .. 0 from the suffix S_{last+1} (`current`,
+// prod R[0..last] doubles): dl_n[r] = sum_a W_n(a) S[a, r], then S_n = S_{n+1}
+// contracted with s_n. Each level is R_n times smaller than the one before.
+void peelLevels(int last, const int64_t* R, std::vector<double> current, const float* const* scales,
+                float* const* grads) {
+  for (int n = last; n >= 0; --n) {
+    const int64_t lead = product(R, 0, n), rank = R[n];
+    const PrefixWeights weights(n, R, scales);
+    const std::vector<double> s = scaleVector(scales[n], rank);
+    std::vector<double> next(static_cast<size_t>(lead));
+    const int threads = numThreads();
+    std::vector<double> partial(size_t(threads * rank), 0.0);
+    parallelFor(lead, [&](int64_t begin, int64_t end, int worker) {
+      double* acc = partial.data() + worker * rank;
+      PrefixWeights::Cursor cursor = weights.from(begin);
+      for (int64_t a = begin; a < end; ++a) {
+        const double* row = current.data() + a * rank;
+        const double w = cursor.next();
+        double dot = 0;
+        for (int64_t r = 0; r < rank; ++r) {
+          acc[r] += w * row[r];
+          dot += row[r] * s[size_t(r)];
+        }
+        next[size_t(a)] = dot;
+      }
+    });
+    sumPartials(partial, threads, rank, grads[n]);
+    current.swap(next);
+  }
+}
+
+// Rows of the last mode per part of the first level's parallel loop.
+constexpr int64_t kPeelChunkRows = 4096;
+
+// All dl_n from H = z * g, H of shape ranks[0..order).
+void peelCore(int order, const int64_t* R, const float* z, const float* g,
+              const float* const* scales, float* const* grads) {
+  const int last = order - 1;
+  const int64_t rank = R[last], lead = product(R, 0, last);
+  const PrefixWeights weights(last, R, scales);
+  const std::vector<double> s = scaleVector(scales[last], rank);
+  std::vector<double> next(static_cast<size_t>(lead));
+  const int64_t parts = (lead + kPeelChunkRows - 1) / kPeelChunkRows;
+  std::vector<double> partial(size_t(parts * rank), 0.0);
+  parallelFor(parts, [&](int64_t begin, int64_t end, int) {
+    for (int64_t part = begin; part < end; ++part) {
+      const int64_t a0 = part * kPeelChunkRows, count = std::min(kPeelChunkRows, lead - a0);
+      peelRows(z + a0 * rank, g + a0 * rank, a0, count, rank, s.data(), weights,
+               partial.data() + part * rank, next.data() + a0);
+    }
+  });
+  sumPartials(partial, parts, rank, grads[last]);
+  peelLevels(last - 1, R, std::move(next), scales, grads);
+}
+
 }  // namespace
 
-void modeProductTile(const float* in, int64_t inStride, float* out, int64_t outStride, int64_t P,
-                     int64_t K, int64_t J, int64_t width, const float* u) {
-  if (!cpuHasAvx2Fma()) {
-    for (int64_t p = 0; p < P; ++p) {
-      tileRowsScalar(in + p * K * inStride, inStride, out + p * J * outStride, outStride, K, J, u,
-                     0, width);
-    }
-    return;
-  }
-  if (width == 1 && inStride == 1 && outStride == 1) {
-    if (J > 8) {
-      lastModeAvx2<2>(in, out, P, K, J, u);
-    } else {
-      lastModeAvx2<1>(in, out, P, K, J, u);
-    }
-    return;
-  }
-  for (int64_t p = 0; p < P; ++p) {
-    tileAvx2(in + p * K * inStride, inStride, out + p * J * outStride, outStride, K, J, u, width);
-  }
-}
-
-void multiModeProduct(int order, const int64_t* inDims, const int64_t* outDims, const float* in,
-                      const float* const* mats, float* out) {
-  int64_t widest[kMaxOrder] = {};
-  for (int n = 0; n < order; ++n) widest[n] = std::max(inDims[n], outDims[n]);
-
-  // Trailing modes [split, order) form slabs that fit the cache budget.
-  int split = order - 1;
-  int64_t slabWidest = widest[order - 1];
-  while (split > 0 && slabWidest * widest[split - 1] <= kSlabBudget) slabWidest *= widest[--split];
-
-  const int64_t leadIn = product(inDims, 0, split), leadOut = product(outDims, 0, split);
-  const int64_t slabIn = product(inDims, split, order), slabOut = product(outDims, split, order);
-
-  // Phase A's result [leadIn, slabOut] is staged in `out` when it fits there.
-  std::vector<float> stagingBuffer;
-  float* staged = out;
-  if (split > 0 && leadIn > leadOut) {
-    stagingBuffer.resize(static_cast<size_t>(leadIn * slabOut));
-    staged = stagingBuffer.data();
-  }
-
-  // In place, a slab of one mode would be read and written by the same step:
-  // copy it aside first (slabs of several modes go through scratch anyway).
-  const bool copySlab = in == out && split == order - 1;
-  parallelFor(leadIn, [&](int64_t begin, int64_t end, int) {
-    std::vector<float> scratch(static_cast<size_t>(3 * slabWidest));
-    float* bufA = scratch.data();
-    float* bufB = bufA + slabWidest;
-    float* copied = bufB + slabWidest;
-    for (int64_t slab = begin; slab < end; ++slab) {
-      int64_t cur[kMaxOrder];
-      std::copy(inDims, inDims + order, cur);
-      const float* src = in + slab * slabIn;
-      if (copySlab) src = std::copy(src, src + slabIn, copied) - slabIn;
-      applyModesCompact(split, order, cur, outDims, 1, mats, src, staged + slab * slabOut, bufA,
-                        bufB);
-    }
-  });
-  if (split == 0) return;
-
-  // Phase B: leading modes on column blocks of the staged [leadIn, slabOut] matrix.
-  const int64_t leadWidest = product(widest, 0, split);
-  int64_t blockWidth = std::max(kMinBlockWidth, kSlabBudget / leadWidest / 8 * 8);
-  blockWidth = std::min(blockWidth, slabOut);
-  const int64_t blocks = (slabOut + blockWidth - 1) / blockWidth;
-  parallelFor(blocks, [&](int64_t begin, int64_t end, int) {
-    std::vector<float> scratch(static_cast<size_t>(3 * leadWidest * blockWidth));
-    float* gathered = scratch.data();
-    float* bufA = gathered + leadWidest * blockWidth;
-    float* bufB = bufA + leadWidest * blockWidth;
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t q0 = block * blockWidth;
-      const int64_t width = std::min(blockWidth, slabOut - q0);
-      for (int64_t r = 0; r < leadIn; ++r) {
-        std::copy(staged + r * slabOut + q0, staged + r * slabOut + q0 + width,
-                  gathered + r * width);
-      }
-      int64_t cur[kMaxOrder];
-      std::copy(inDims, inDims + split, cur);
-      // The last step lands in whichever buffer does not hold its input.
-      float* result = split % 2 == 1 ? bufA : bufB;
-      applyModesCompact(0, split, cur, outDims, width, mats, gathered, result, bufA, bufB);
-      for (int64_t r = 0; r < leadOut; ++r) {
-        std::copy(result + r * width, result + (r + 1) * width, out + r * slabOut + q0);
-      }
-    }
-  });
-}
-
 void tuckerReconstruct(const TuckerShape& shape, const float* core, const float* const* factors,
-                       const float* const* scales, float alpha, float* out) {
-  std::vector<std::vector<float>> scaled(static_cast<size_t>(shape.order));
-  const float* mats[kMaxOrder];
-  for (int n = 0; n < shape.order; ++n) {
-    const int64_t I = shape.modes[n], R = shape.ranks[n];
-    std::vector<float>& u = scaled[size_t(n)];
-    u.resize(static_cast<size_t>(I * R));
-    const float modeAlpha = n == 0 ? alpha : 1.0f;
-    for (int64_t i = 0; i < I; ++i) {
-      for (int64_t r = 0; r < R; ++r) {
-        const float s = scales[n] ? scales[n][r] : 1.0f;
-        u[size_t(i * R + r)] = factors[n][i * R + r] * s * modeAlpha;
-      }
-    }
-    mats[n] = u.data();
+                       const float* const* scales, float alpha, float* out, const float* base) {
+  const int N = shape.order;
+  std::vector<std::unique_ptr<ModeMatrix>> owned;
+  const ModeMatrix* mats[kMaxOrder];
+  for (int n = 0; n < N; ++n) {
+    owned.push_back(std::make_unique<ModeMatrix>(factors[n], shape.modes[n], shape.ranks[n],
+                                                 scales[n], n == 0 ? alpha : 1.0f, false));
+    mats[n] = owned.back().get();
   }
-  multiModeProduct(shape.order, shape.ranks, shape.modes, core, mats, out);
+  Epilogue epilogue;
+  epilogue.base = base;
+  MultiModeProduct(N, shape.ranks, shape.modes, mats).run(core, out, shape.fullSize(), epilogue);
 }
 
 void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
@@ -355,65 +606,132 @@ void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
                      float* const* gradScales, bool overwriteGradX) {
   const int N = shape.order;
   const int64_t* R = shape.ranks;
-  // Z = gradX x_1 A_1^T ... x_N A_N^T, then H = Z * G in place.
-  std::vector<std::vector<float>> transposed(static_cast<size_t>(N));
-  const float* mats[kMaxOrder];
+  // Z = gradX x_1 A_1^T ... x_N A_N^T; its tiles go straight into the first
+  // peeling level (H = Z * G, then dl_N and S_{N-1}) instead of to memory.
+  std::vector<std::unique_ptr<ModeMatrix>> owned;
+  const ModeMatrix* mats[kMaxOrder];
   for (int n = 0; n < N; ++n) {
-    const int64_t I = shape.modes[n];
-    std::vector<float>& t = transposed[size_t(n)];
-    t.resize(static_cast<size_t>(I * R[n]));
-    for (int64_t i = 0; i < I; ++i) {
-      for (int64_t r = 0; r < R[n]; ++r) t[size_t(r * I + i)] = factors[n][i * R[n] + r];
-    }
-    mats[n] = t.data();
+    owned.push_back(
+        std::make_unique<ModeMatrix>(factors[n], R[n], shape.modes[n], nullptr, 1.0f, true));
+    mats[n] = owned.back().get();
   }
-  const int64_t coreSize = shape.coreSize();
-  const bool inPlace = overwriteGradX && std::equal(shape.modes, shape.modes + N, R);
-  float* h = inPlace ? gradX : workspace(coreSize);
-  multiModeProduct(N, shape.modes, shape.ranks, gradX, mats, h);
-  parallelFor(coreSize, [&](int64_t begin, int64_t end, int) {
-    for (int64_t i = begin; i < end; ++i) h[i] *= core[i];
-  });
+  const int last = N - 1;
+  const int64_t rank = R[last], lead = product(R, 0, last);
+  const PrefixWeights weights(last, R, scales);
+  const std::vector<double> s = scaleVector(scales[last], rank);
+  std::vector<double> next(static_cast<size_t>(lead)), partial;
+  Epilogue epilogue;
+  epilogue.granule = rank;
+  epilogue.prepare = [&](int64_t tiles) { partial.assign(size_t(tiles * rank), 0.0); };
+  epilogue.consume = [&](int64_t tile, const float* values, int64_t offset, int64_t stride,
+                         int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t a0 = (offset + i * stride) / rank;
+      peelRows(values + i * cols, core + a0 * rank, a0, cols / rank, rank, s.data(), weights,
+               partial.data() + tile * rank, next.data() + a0);
+    }
+  };
+  MultiModeProduct(N, shape.modes, R, mats)
+      .run(gradX, overwriteGradX ? gradX : nullptr, overwriteGradX ? shape.fullSize() : 0,
+           epilogue);
+  sumPartials(partial, int64_t(partial.size()) / rank, rank, gradScales[last]);
+  peelLevels(last - 1, R, std::move(next), scales, gradScales);
+}
 
-  // Peel the last remaining mode n off T (T starts as H): in one pass,
-  // dl_n[r] = sum_a W_n[a] T[a, r] with W_n = l_0 (x) ... (x) l_{n-1}, and the
-  // next T[a] = sum_r T[a, r] l_n[r]. Each pass is R_n times smaller than the last.
-  std::vector<double> current, next;
-  for (int n = N - 1; n >= 0; --n) {
-    const int64_t lead = product(R, 0, n);
-    std::vector<double> weights(1, 1.0);
-    for (int m = 0; m < n; ++m) weights = outerWithScale(weights, scales[m], R[m]);
-    next.assign(static_cast<size_t>(lead), 0.0);
-    if (n == N - 1) {
-      peelLastMode(h, lead, R[n], scales[n], weights.data(), next.data(), gradScales[n]);
-    } else {
-      peelLastMode(current.data(), lead, R[n], scales[n], weights.data(), next.data(),
-                   gradScales[n]);
-    }
-    current.swap(next);
-  }
+void tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                    const float* const* scales, float* const* gradScales) {
+  peelCore(order, ranks, z, core, scales, gradScales);
 }
 
 void modeProduct(const int64_t* shape, int order, int mode, const float* x, const float* matrix,
                  int64_t rows, const float* scale, float* y) {
   const int64_t P = product(shape, 0, mode), K = shape[mode], Q = product(shape, mode + 1, order);
-  std::vector<float> u(static_cast<size_t>(rows * K));
-  for (int64_t j = 0; j < rows; ++j) {
-    for (int64_t k = 0; k < K; ++k)
-      u[size_t(j * K + k)] = matrix[j * K + k] * (scale ? scale[k] : 1.0f);
+  const ModeMatrix u(matrix, rows, K, scale, 1.0f, false);
+  if (appliedByBlas(rows, K)) {
+    blasModeProduct(u, x, y, P, Q);
+    return;
+  }
+  if (Q == 1) {
+    // Rows of K floats to rows of J: chunks of rows per thread.
+    const int64_t chunk = 256;
+    parallelFor((P + chunk - 1) / chunk, [&](int64_t begin, int64_t end, int) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t p0 = c * chunk, count = std::min(chunk, P - p0);
+        applyModeTile(u, x + p0 * K, {1, 1}, y + p0 * rows, {1, 1}, count, 1, 1);
+      }
+    });
+    return;
   }
   // Work items are (p, column chunk); chunks split Q when P alone cannot feed the threads.
   const int64_t wantItems = 4 * int64_t(numThreads());
   int64_t chunk = Q;
-  if (P < wantItems && Q > 16) chunk = std::max<int64_t>(16, (Q * P / wantItems + 15) / 16 * 16);
+  if (P < wantItems && Q > kMinColumnWidth) {
+    chunk = std::max(kMinColumnWidth, (Q * P / wantItems + 15) / 16 * 16);
+  }
   const int64_t chunks = (Q + chunk - 1) / chunk;
   parallelFor(P * chunks, [&](int64_t begin, int64_t end, int) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p = item / chunks, q0 = (item % chunks) * chunk;
       const int64_t width = std::min(chunk, Q - q0);
-      modeProductTile(x + p * K * Q + q0, Q, y + p * rows * Q + q0, Q, 1, K, rows, width, u.data());
+      applyModeTile(u, x + p * K * Q + q0, {Q, 0}, y + p * rows * Q + q0, {Q, 0}, 1, 1, width);
     }
   });
+}
+
+void kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                   const float* const* scales, float alpha, bool contract, const float* x,
+                   float* y) {
+  const int Q = shape.order;
+  int64_t inDims[kMaxOrder + 1], outDims[kMaxOrder + 1];
+  inDims[0] = outDims[0] = rows;
+  std::vector<std::unique_ptr<ModeMatrix>> owned;
+  const ModeMatrix* mats[kMaxOrder + 1] = {nullptr};
+  for (int n = 0; n < Q; ++n) {
+    const int64_t I = shape.modes[n], R = shape.ranks[n];
+    inDims[n + 1] = contract ? I : R;
+    outDims[n + 1] = contract ? R : I;
+    const float a = n == 0 ? alpha : 1.0f;
+    owned.push_back(contract ? std::make_unique<ModeMatrix>(factors[n], R, I, scales[n], a, true)
+                             : std::make_unique<ModeMatrix>(factors[n], I, R, scales[n], a, false));
+    mats[n + 1] = owned.back().get();
+  }
+  MultiModeProduct(Q + 1, inDims, outDims, mats)
+      .run(x, y, rows * product(outDims + 1, 0, Q), Epilogue());
+}
+
+void kroneckerScale(int64_t rows, int order, const int64_t* ranks, const float* const* scales,
+                    float alpha, const float* x, float* y) {
+  const std::vector<double> lambda = kronecker(0, order, ranks, scales);
+  const int64_t cols = int64_t(lambda.size());
+  std::vector<float> factor(lambda.size());
+  for (size_t r = 0; r < lambda.size(); ++r) factor[r] = float(double(alpha) * lambda[r]);
+  parallelFor(rows, [&](int64_t begin, int64_t end, int) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t r = 0; r < cols; ++r) y[t * cols + r] = x[t * cols + r] * factor[size_t(r)];
+    }
+  });
+}
+
+void kroneckerScaleGrad(int64_t rows, int order, const int64_t* ranks, const float* a,
+                        const float* b, const float* const* scales, float alpha,
+                        float* const* gradScales) {
+  const int64_t cols = product(ranks, 0, order);
+  // M[r] = alpha sum_t a[t, r] b[t, r], by column chunks (each sums its rows in order).
+  std::vector<double> m(static_cast<size_t>(cols));
+  const int64_t chunk = 64;
+  parallelFor((cols + chunk - 1) / chunk, [&](int64_t begin, int64_t end, int) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(cols, r0 + chunk);
+      double acc[chunk] = {};
+      for (int64_t t = 0; t < rows; ++t) {
+        for (int64_t r = r0; r < r1; ++r) {
+          acc[r - r0] += double(a[t * cols + r]) * double(b[t * cols + r]);
+        }
+      }
+      for (int64_t r = r0; r < r1; ++r) m[size_t(r)] = double(alpha) * acc[r - r0];
+    }
+  });
+  peelLevels(order - 1, ranks, std::move(m), scales, gradScales);
 }
 
 }  // namespace cpu

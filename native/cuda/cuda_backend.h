@@ -1,8 +1,9 @@
 // The CUDA backend's class, shared by the .cu files that implement it:
 // cuda_backend.cu (device setup, memory, GEMM), cuda_tucker.cu (mode products,
-// Tucker reconstruction and scale gradient), cuda_transformer.cu (embeddings,
-// norms, softmax, rotary embeddings, permutes, block copies, batched GEMM) and
-// cuda_elementwise.cu (the rest).
+// Tucker reconstruction, scale gradients, the factored path's Kronecker
+// kernels), cuda_transformer.cu (embeddings, norms, softmax, rotary
+// embeddings, permutes, block copies, batched GEMM) and cuda_elementwise.cu
+// (the rest).
 // Everything runs on one stream; every CUDA and cuBLAS error becomes a
 // tera::Error naming the call. Without nvcc the host emulation's runtime
 // (tests/emulation/device_runtime.h) stands in for the CUDA runtime.
@@ -42,9 +43,10 @@ enum ScratchSlot {
   kScratchStaged,  // pass-A result of the fused multi-mode product
   kScratchPing,    // intermediates of the GEMM multi-mode product
   kScratchPong,
-  kScratchCore,     // core-sized float work (the projected gradient H)
-  kScratchDoubles,  // suffix contractions, weights, partial sums
-  kScratchResult,   // reduction results and flags
+  kScratchCore,        // core-sized float work (the projected gradient H)
+  kScratchDoubles,     // suffix contractions, weights, partial sums
+  kScratchColumnDots,  // kroneckerScaleGrad's column sums (read by the peeling)
+  kScratchResult,      // reduction results and flags
   kScratchCount
 };
 
@@ -71,10 +73,21 @@ class CudaBackend final : public Backend {
   void modeProduct(const int64_t* shape, int order, int mode, const float* x, const float* matrix,
                    int64_t rows, const float* scale, float* y) override;
   void tuckerReconstruct(const TuckerShape& shape, const float* core, const float* const* factors,
-                         const float* const* scales, float alpha, float* out) override;
+                         const float* const* scales, float alpha, float* out,
+                         const float* base) override;
   void tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
                        const float* const* factors, const float* const* scales,
                        float* const* gradScales, bool overwriteGradX) override;
+  void tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                      const float* const* scales, float* const* gradScales) override;
+  void kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                     const float* const* scales, float alpha, bool contract, const float* x,
+                     float* y) override;
+  void kroneckerScale(int64_t rows, int order, const int64_t* ranks, const float* const* scales,
+                      float alpha, const float* x, float* y) override;
+  void kroneckerScaleGrad(int64_t rows, int order, const int64_t* ranks, const float* a,
+                          const float* b, const float* const* scales, float alpha,
+                          float* const* gradScales) override;
   void randomFill(float* out, int64_t count, Distribution distribution, uint64_t seed,
                   uint64_t stream, float a, float b) override;
   void fill(float* out, int64_t count, float value) override;
@@ -139,8 +152,14 @@ class CudaBackend final : public Backend {
   // Y = X x_1 M_1 ... x_N M_N, M_n of shape [outDims[n], inDims[n]] (device
   // pointers); fused two-pass kernels when the shape allows, else GEMMs.
   // out may equal in when order >= 2 (in is only read by the first pass).
+  // With base, out = base + Y (base distinct from out).
   void multiModeProduct(int order, const int64_t* inDims, const int64_t* outDims, const float* in,
-                        const float* const* mats, float* out);
+                        const float* const* mats, float* out, const float* base = nullptr);
+  // Every dl_n from H (prod R floats or doubles), by suffix contractions and
+  // prefix weights, never dividing by l.
+  template <typename T>
+  void peelGradients(const T* h, int order, const int64_t* R, const float* const* scales,
+                     float* const* gradScales);
   // Raises the dynamic shared memory limits of the fused kernels (constructor).
   void configureTuckerKernels();
   // Throws indexErrorMessage(...) for the first entry of indices [count] that is

@@ -33,6 +33,21 @@ __global__ void __launch_bounds__(kPhaseBThreads, 1)
   phaseBBody<J0MAX, PMAX>(DeviceCtx(), params, staged, out, smem);
 }
 
+constexpr int kColumnDotsThreads = 256;
+
+__global__ void __launch_bounds__(kColumnDotsThreads)
+    columnDotsKernel(const float* a, const float* b, int64_t rows, int64_t cols, float alpha,
+                     double* out) {
+  columnDotsBody(DeviceCtx(), a, b, rows, cols, alpha, out);
+}
+
+// out[i] = base[i] + out[i]
+struct AddBaseOp {
+  float* out;
+  const float* base;
+  TERA_DEV void operator()(int64_t i) const { out[i] = base[i] + out[i]; }
+};
+
 constexpr int kContractThreads = 256;
 
 template <typename T>
@@ -83,9 +98,11 @@ void CudaBackend::configureTuckerKernels() {
 }
 
 void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64_t* outDims,
-                                   const float* in, const float* const* mats, float* out) {
+                                   const float* in, const float* const* mats, float* out,
+                                   const float* base) {
   FusedPlan plan;
   if (planFused(order, inDims, outDims, mats, size_t(planSharedMemory_), &plan)) {
+    plan.b.base = base;
     float* staged = scratchFloats(kScratchStaged, plan.stagedFloats);
     const int64_t w = int64_t(1) << plan.b.widthLog2;
     if (plan.b.rowLength % w != 0) {  // the padded columns of the last group stay defined
@@ -126,6 +143,7 @@ void CudaBackend::multiModeProduct(int order, const int64_t* inDims, const int64
     cur[n] = outDims[n];
     src = dst;
   }
+  if (base) launchForEach(stream_, product(outDims, 0, order), AddBaseOp{out, base}, "AddBaseOp");
 }
 
 void CudaBackend::modeProduct(const int64_t* shape, int order, int mode, const float* x,
@@ -157,7 +175,7 @@ void CudaBackend::modeProduct(const int64_t* shape, int order, int mode, const f
 
 void CudaBackend::tuckerReconstruct(const TuckerShape& shape, const float* core,
                                     const float* const* factors, const float* const* scales,
-                                    float alpha, float* out) {
+                                    float alpha, float* out, const float* base) {
   const int N = shape.order;
   if (N < 1 || N > kMaxOrder) throw Error("tuckerReconstruct: bad Tucker order");
   PrepareMatsOp op;
@@ -180,7 +198,7 @@ void CudaBackend::tuckerReconstruct(const TuckerShape& shape, const float* core,
     mats[n] = op.dst[n];
   }
   launchForEach(stream_, total, op, "PrepareMatsOp");
-  multiModeProduct(N, shape.ranks, shape.modes, core, mats, out);
+  multiModeProduct(N, shape.ranks, shape.modes, core, mats, out, base);
 }
 
 void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const float* core,
@@ -217,7 +235,22 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
   float* h = inPlace ? gradX : scratchFloats(kScratchCore, coreSize);
   multiModeProduct(N, shape.modes, R, gradX, mats, h);
   multiply(h, h, core, coreSize);
+  peelGradients(static_cast<const float*>(h), N, R, scales, gradScales);
+}
 
+void CudaBackend::tuckerCoreGrad(int order, const int64_t* ranks, const float* z, const float* core,
+                                 const float* const* scales, float* const* gradScales) {
+  if (order < 1 || order > kMaxOrder) throw Error("tuckerCoreGrad: bad order");
+  const int64_t coreSize = product(ranks, 0, order);
+  float* h = scratchFloats(kScratchCore, coreSize);
+  multiply(h, z, core, coreSize);
+  peelGradients(static_cast<const float*>(h), order, ranks, scales, gradScales);
+}
+
+template <typename T>
+void CudaBackend::peelGradients(const T* h, int order, const int64_t* R, const float* const* scales,
+                                float* const* gradScales) {
+  const int N = order;
   // lead[n] = R_0 * ... * R_{n-1}. suffix[n] (n >= 1, size lead[n]) is H contracted
   // with l_n..l_{N-1}; weights[n] (size lead[n]) = l_0 (x) ... (x) l_{n-1}.
   int64_t lead[kMaxOrder + 1];
@@ -249,8 +282,8 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
   for (int n = N - 1; n >= 1; --n) {
     const dim3 grid(unsigned(gridFor(lead[n], kContractThreads)));
     if (n == N - 1) {
-      launchKernel("contractLast", contractLastKernel<float>, grid, dim3(kContractThreads), 0,
-                   stream_, h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
+      launchKernel("contractLast", contractLastKernel<T>, grid, dim3(kContractThreads), 0, stream_,
+                   h, lead[n], R[n], scaleOf(n), work + suffixOffset[n]);
     } else {
       launchKernel("contractLast", contractLastKernel<double>, grid, dim3(kContractThreads), 0,
                    stream_, work + suffixOffset[n + 1], lead[n], R[n], scaleOf(n),
@@ -262,7 +295,7 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
     const double* weight = work + weightOffset[n];
     const dim3 grid(unsigned(gridFor(chunks[n], 1)));
     if (n == N - 1) {
-      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<float>, grid,
+      launchKernel("weightedColumnPartial", weightedColumnPartialKernel<T>, grid,
                    dim3(kColumnThreads), 0, stream_, weight, h, lead[n], R[n], chunkRows[n],
                    partial);
     } else {
@@ -278,6 +311,84 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
                     "ExpandWeightsOp");
     }
   }
+}
+
+void CudaBackend::kroneckerRows(int64_t rows, const TuckerShape& shape, const float* const* factors,
+                                const float* const* scales, float alpha, bool contract,
+                                const float* x, float* y) {
+  const int Q = shape.order;
+  if (Q < 1 || Q > kMaxOrder) throw Error("kroneckerRows: bad order");
+  // M_n = A_n diag(s_n) ([I, R]) to expand, its transpose ([R, I]) to contract;
+  // alpha folded into the first.
+  PrepareMatsOp op;
+  op.count = Q;
+  op.transpose = contract;
+  int64_t total = 0, in[kMaxOrder], out[kMaxOrder];
+  for (int n = 0; n < Q; ++n) {
+    op.offset[n] = total;
+    total += shape.modes[n] * shape.ranks[n];
+    in[n] = contract ? shape.modes[n] : shape.ranks[n];
+    out[n] = contract ? shape.ranks[n] : shape.modes[n];
+  }
+  op.offset[Q] = total;
+  float* buffer = scratchFloats(kScratchMats, total);
+  const float* mats[kMaxOrder];
+  for (int n = 0; n < Q; ++n) {
+    op.src[n] = factors[n];
+    op.scale[n] = scales ? scales[n] : nullptr;
+    op.multiplier[n] = n == 0 ? alpha : 1.0f;
+    op.dst[n] = buffer + op.offset[n];
+    op.rows[n] = shape.modes[n];
+    op.cols[n] = shape.ranks[n];
+    mats[n] = op.dst[n];
+  }
+  launchForEach(stream_, total, op, "PrepareMatsOp");
+  // Successive mode products on [rows, ...], last mode first, by cuBLAS.
+  int64_t largest = 0, cur[kMaxOrder];
+  std::copy(in, in + Q, cur);
+  for (int n = Q - 1; n >= 1; --n) {
+    cur[n] = out[n];
+    largest = std::max(largest, rows * product(cur, 0, Q));
+  }
+  float* ping = Q > 1 ? scratchFloats(kScratchPing, largest) : nullptr;
+  float* pong = Q > 2 ? scratchFloats(kScratchPong, largest) : nullptr;
+  std::copy(in, in + Q, cur);
+  const float* src = x;
+  for (int n = Q - 1; n >= 0; --n) {
+    float* dst = n == 0 ? y : (src == ping ? pong : ping);
+    modeProductGemm(rows * product(cur, 0, n), cur[n], product(cur, n + 1, Q), out[n], mats[n], src,
+                    dst);
+    cur[n] = out[n];
+    src = dst;
+  }
+}
+
+void CudaBackend::kroneckerScale(int64_t rows, int order, const int64_t* ranks,
+                                 const float* const* scales, float alpha, const float* x,
+                                 float* y) {
+  if (order < 1 || order > kMaxOrder) throw Error("kroneckerScale: bad order");
+  KroneckerScaleOp op;
+  op.x = x;
+  op.y = y;
+  op.cols = product(ranks, 0, order);
+  op.order = order;
+  for (int n = 0; n < order; ++n) {
+    op.ranks[n] = ranks[n];
+    op.scales[n] = scales ? scales[n] : nullptr;
+  }
+  op.alpha = alpha;
+  launchForEach(stream_, rows * op.cols, op, "KroneckerScaleOp");
+}
+
+void CudaBackend::kroneckerScaleGrad(int64_t rows, int order, const int64_t* ranks, const float* a,
+                                     const float* b, const float* const* scales, float alpha,
+                                     float* const* gradScales) {
+  if (order < 1 || order > kMaxOrder) throw Error("kroneckerScaleGrad: bad order");
+  const int64_t cols = product(ranks, 0, order);
+  double* m = scratchDoubles(kScratchColumnDots, cols);
+  launchKernel("columnDots", columnDotsKernel, dim3(unsigned(gridFor(cols, kColumnDotsThreads))),
+               dim3(kColumnDotsThreads), 0, stream_, a, b, rows, cols, alpha, m);
+  peelGradients(static_cast<const double*>(m), order, ranks, scales, gradScales);
 }
 
 }  // namespace cuda

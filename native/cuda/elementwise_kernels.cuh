@@ -198,9 +198,10 @@ struct PrepareMatsOp {
     int n = 0;
     while (n + 1 < count && i >= offset[n + 1]) ++n;
     const int64_t local = i - offset[n];
-    if (transpose) {
-      const int64_t r = local / rows[n], row = local - r * rows[n];  // dst[r, row]
-      dst[n][local] = src[n][row * cols[n] + r];
+    if (transpose) {  // dst[r, row] = src[row, r] * scale[r] * multiplier, as the CPU's ModeMatrix
+      const int64_t r = local / rows[n], row = local - r * rows[n];
+      const float s = scale[n] ? scale[n][r] : 1.0f;
+      dst[n][local] = src[n][row * cols[n] + r] * s * multiplier[n];
     } else {
       const int64_t col = local % cols[n];
       const float s = scale[n] ? scale[n][col] : 1.0f;

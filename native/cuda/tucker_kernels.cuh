@@ -1,7 +1,8 @@
 // Kernel bodies of the fused multi-mode product Y = X x_1 M_1 ... x_N M_N that
-// Tucker reconstruction (M_n = A_n diag(l_n)) and the core-space projection of
-// the gradient (M_n = A_n^T) share (tucker_plan.h lays them out on the host),
-// and the kernels of the scaling-vector gradient.
+// Tucker reconstruction (M_n = A_n diag(l_n), optionally added to a base) and
+// the core-space projection of the gradient (M_n = A_n^T) share (tucker_plan.h
+// lays them out on the host), the kernels of the scaling-vector gradient, and
+// the factored path's Kronecker scaling and its column sums.
 //
 // Two passes, each reading and writing device memory once:
 //  A. trailing modes [s, N): one block per slab X[a, :] (a = leading index),
@@ -349,9 +350,48 @@ TERA_DEV void phaseBBody(const Ctx& c, const PhaseBParams& P, const float* stage
       if (col >= P.rowLength) continue;
 #pragma unroll
       for (int j = 0; j < J0MAX; ++j) {
-        if (j < P.j0) out[(j * P.rowsOut + row) * P.rowLength + col] = acc[j][i];
+        if (j >= P.j0) continue;
+        const int64_t at = (j * P.rowsOut + row) * P.rowLength + col;
+        out[at] = P.base ? P.base[at] + acc[j][i] : acc[j][i];
       }
     }
+  }
+}
+
+// --- The factored path's scalings ----------------------------------------------
+
+// y[t, r] = x[t, r] * float(alpha * s_0[r_0] * ... * s_{Q-1}[r_{Q-1}]), the
+// product in double taken in mode order, as the CPU's kronecker() builds it.
+struct KroneckerScaleOp {
+  const float* x;
+  float* y;
+  int64_t cols = 1;
+  int order = 0;
+  int64_t ranks[kMaxOrder] = {};
+  const float* scales[kMaxOrder] = {};
+  float alpha = 1.0f;
+  TERA_DEV void operator()(int64_t i) const {
+    int64_t rest = i % cols, index[kMaxOrder];
+    for (int n = order - 1; n >= 0; --n) {
+      index[n] = rest % ranks[n];
+      rest /= ranks[n];
+    }
+    double lambda = 1.0;
+    for (int n = 0; n < order; ++n)
+      lambda = lambda * (scales[n] ? double(scales[n][index[n]]) : 1.0);
+    y[i] = x[i] * float(double(alpha) * lambda);
+  }
+};
+
+// out[r] = alpha * sum_t a[t, r] b[t, r] in double, t in order (one thread per
+// column, so the sum is the CPU's to the last bit).
+template <class Ctx>
+TERA_DEV void columnDotsBody(const Ctx& c, const float* a, const float* b, int64_t rows,
+                             int64_t cols, float alpha, double* out) {
+  for (int64_t r = c.block() * c.threads() + c.tid(); r < cols; r += c.blocks() * c.threads()) {
+    double acc = 0;
+    for (int64_t t = 0; t < rows; ++t) acc += double(a[t * cols + r]) * double(b[t * cols + r]);
+    out[r] = double(alpha) * acc;
   }
 }
 

@@ -87,6 +87,7 @@ struct PhaseBParams {
   int64_t rowsIn = 0;     // prod in-dims [0, s): rows of T
   int64_t rowLength = 0;  // columns of T and Y
   int64_t colBlocks = 0;
+  const float* base = nullptr;  // when set, Y = base + the product (same layout as Y)
 };
 
 struct FusedPlan {

@@ -68,6 +68,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -98,9 +99,9 @@ constexpr bool kThreadSanitizer = true;
 constexpr bool kThreadSanitizer = false;
 #endif
 
-const char* const kGroups[] = {"memory", "random",      "elementwise", "matrix", "softmax",
-                               "gemm",   "modeProduct", "tucker",      "plans",  "transformer",
-                               "grid",   "large",       "bench"};
+const char* const kGroups[] = {"memory",   "random",      "elementwise", "matrix", "softmax",
+                               "gemm",     "modeProduct", "tucker",      "plans",  "transformer",
+                               "factored", "grid",        "large",       "bench"};
 
 struct Options {
   bool probe = false, sanitizer = false, barriers = false;
@@ -127,6 +128,9 @@ struct Sizes {
   double tuckerCostLimit;       // fixed Tucker cases costing more are left out (see planCost)
   double planBudget;            // the plan walk's cases beyond those that reach a new plan
   int planCases;                // at most this many cases in the walk
+  // The factored path's kernels: (modes, ranks) of one side of a layer, and rows of activations.
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> factoredCases;
+  int64_t factoredRows;
 };
 
 Sizes makeSizes(const Options& options) {
@@ -144,6 +148,8 @@ Sizes makeSizes(const Options& options) {
     s.tuckerCostLimit = 1e4;
     s.planBudget = 1e5;
     s.planCases = 120;
+    s.factoredCases = {{{4, 4, 4}, {2, 3, 4}}, {{5, 3}, {2, 3}}, {{43}, {16}}};
+    s.factoredRows = 5;
   } else if (kEmulated) {
     s.randomCounts = {1, 1001, 5000};
     s.elementwiseCounts = {1, 1000, 3001};
@@ -157,6 +163,12 @@ Sizes makeSizes(const Options& options) {
     s.tuckerCostLimit = 1e6;
     s.planBudget = 1e7;
     s.planCases = 300;
+    s.factoredCases = {{{8, 8, 8}, {8, 8, 8}},
+                       {{8, 8, 8}, {4, 4, 4}},
+                       {{7, 8, 14}, {7, 8, 14}},
+                       {{5, 3}, {2, 3}},
+                       {{128}, {128}}};
+    s.factoredRows = 13;
   } else if (options.sanitizer) {
     s.randomCounts = {1, 1001, int64_t(1) << 16};
     s.elementwiseCounts = {1, 1000, 100003};
@@ -170,6 +182,8 @@ Sizes makeSizes(const Options& options) {
     s.tuckerCostLimit = 2e6;  // racecheck slows kernels down a hundredfold
     s.planBudget = 0;         // the cases that reach every plan, no more
     s.planCases = 0;
+    s.factoredCases = {{{16, 16, 16}, {4, 4, 4}}, {{7, 8, 14}, {7, 8, 14}}, {{5, 3}, {2, 3}}};
+    s.factoredRows = 37;
   } else {
     s.randomCounts = {1, 1001, int64_t(1) << 20};
     s.elementwiseCounts = {1, 1000, 100003, (int64_t(1) << 22) + 3};  // past the reduction grid
@@ -185,6 +199,13 @@ Sizes makeSizes(const Options& options) {
     s.tuckerCostLimit = 1e300;
     s.planBudget = 1e9;
     s.planCases = 400;
+    s.factoredCases = {{{16, 16, 16}, {16, 16, 16}},
+                       {{16, 16, 16}, {4, 4, 4}},
+                       {{7, 8, 14}, {7, 8, 14}},
+                       {{16, 16, 43}, {16, 16, 16}},
+                       {{784}, {784}},
+                       {{5, 3}, {2, 3}}};
+    s.factoredRows = 37;
   }
   return s;
 }
@@ -633,7 +654,7 @@ std::string shapeName(const TuckerCase& tc) {
 
 // Which Tucker operations a check runs: the first variant of each (reconstruction
 // with scales and alpha, the scale gradient overwriting gradX), or every variant
-// (also without scales, and keeping gradX).
+// (also without scales, with a base added (W0 + alpha dW), and keeping gradX).
 enum TuckerOps { kReconstruct = 1, kGradient = 2, kAllVariants = 4 };
 
 void checkTuckerCase(Backend& cpu, Backend& gpu, const TuckerCase& tc, int ops,
@@ -648,21 +669,26 @@ void checkTuckerCase(Backend& cpu, Backend& gpu, const TuckerCase& tc, int ops,
   for (int n = 0; n < N; ++n) inputs.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
   const std::string name = shapeName(tc) + suffix;
   Backend* backends[2] = {&cpu, &gpu};
-  for (int variant = 0; variant < (ops & kReconstruct ? allVariants ? 2 : 1 : 0); ++variant) {
+  // Variant 0: scales and alpha; 1: neither; 2: scales, alpha and a base.
+  const std::vector<float> base = allVariants ? randomVector(fullSize) : std::vector<float>();
+  for (int variant = 0; variant < (ops & kReconstruct ? allVariants ? 3 : 1 : 0); ++variant) {
     std::vector<float> outs[2];
     try {
       for (int side = 0; side < 2; ++side) {
         std::vector<Buffer*> bufs;
         for (auto& h : inputs) bufs.push_back(new Buffer(*backends[side], h));
         Buffer out(*backends[side], fullSize);
+        std::unique_ptr<Buffer> baseBuffer;
+        if (variant == 2) baseBuffer.reset(new Buffer(*backends[side], base));
         const float* factors[kMaxOrder];
         const float* scales[kMaxOrder];
         for (int n = 0; n < N; ++n) {
           factors[n] = bufs[size_t(1 + n)]->data;
-          scales[n] = variant == 0 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
+          scales[n] = variant != 1 && n != 1 ? bufs[size_t(1 + N + n)]->data : nullptr;
         }
         backends[side]->tuckerReconstruct(shape, bufs[0]->data, factors, scales,
-                                          variant == 0 ? 0.625f : 1.0f, out.data);
+                                          variant != 1 ? 0.625f : 1.0f, out.data,
+                                          baseBuffer ? baseBuffer->data : nullptr);
         outs[side] = out.read();
         for (Buffer* b : bufs) delete b;
       }
@@ -670,8 +696,9 @@ void checkTuckerCase(Backend& cpu, Backend& gpu, const TuckerCase& tc, int ops,
       report(false, "tuckerReconstruct " + name, e.what());
       continue;
     }
-    compare("tuckerReconstruct " + name + (variant == 0 ? " (scales, alpha)" : ""), outs[0],
-            outs[1], 1e-4, 2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
+    const char* what[3] = {" (scales, alpha)", "", " (scales, alpha, base)"};
+    compare("tuckerReconstruct " + name + what[variant], outs[0], outs[1], 1e-4,
+            2e-6 * maxAbs(outs[0]) * std::sqrt(double(N)));
   }
   if (!(ops & kGradient)) return;
   const std::vector<float> gradX = randomVector(fullSize);
@@ -1045,6 +1072,104 @@ void checkGemmStridedBatched(Backend& cpu, Backend& gpu) {
   }
 }
 
+// --- The factored path ---------------------------------------------------------------------
+
+// kroneckerRows (both directions), kroneckerScale, kroneckerScaleGrad and
+// tuckerCoreGrad, on full and reduced ranks, with sizes().factoredRows rows of
+// activations. Tolerances: kroneckerRows as the mode products (a chain of GEMMs
+// on both sides); kroneckerScale is exact (lambda in double, rounded once, on
+// both sides); the two gradients sum the same double column sums or the same
+// float products H = Z * G, and only the order of the peeling's double sums
+// differs, so they agree to the last float bit or so.
+void checkFactored(Backend& cpu, Backend& gpu) {
+  for (const auto& [modes, ranks] : sizes().factoredCases) {
+    const TuckerShape shape = TuckerShape::make(modes, ranks);
+    const int N = shape.order;
+    const std::string name = shapeName(TuckerCase{modes, ranks});
+    const int64_t rows = sizes().factoredRows, full = shape.fullSize(), core = shape.coreSize();
+    // inputs: factors [0, N), scales [N, 2N), then the kernel's own.
+    std::vector<std::vector<float>> common;
+    for (int n = 0; n < N; ++n) common.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
+    for (int n = 0; n < N; ++n) common.push_back(randomVector(shape.ranks[n], 0.5f, 1.5f));
+    const size_t first = size_t(2 * N);  // the first of the kernel's own inputs
+    auto operands = [&](std::vector<float*>& p, const float** factors, const float** scales) {
+      for (int n = 0; n < N; ++n) {
+        factors[n] = p[size_t(n)];
+        scales[n] = p[size_t(N + n)];
+      }
+    };
+    auto gradOutputs = [&](size_t from) {
+      std::vector<size_t> outs;
+      for (int n = 0; n < N; ++n) outs.push_back(from + size_t(n));
+      return outs;
+    };
+    for (bool contract : {false, true}) {
+      std::vector<std::vector<float>> in = common;
+      in.push_back(randomVector(rows * (contract ? full : core)));
+      in.push_back(std::vector<float>(size_t(rows * (contract ? core : full))));
+      both(
+          "kroneckerRows " + name + (contract ? " contract" : " expand"), in, {first + 1}, 1e-4,
+          2e-6 * double(contract ? full : core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            operands(p, factors, scales);
+            b.kroneckerRows(rows, shape, factors, scales, -0.75f, contract, p[first], p[first + 1]);
+          },
+          cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = common;
+      in.push_back(randomVector(rows * core));
+      in.push_back(std::vector<float>(size_t(rows * core)));
+      both(
+          "kroneckerScale " + name, in, {first + 1}, 0, 0,
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            operands(p, factors, scales);
+            b.kroneckerScale(rows, N, shape.ranks, scales, 1.25f, p[first], p[first + 1]);
+          },
+          cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = common;
+      in.push_back(randomVector(rows * core));
+      in.push_back(randomVector(rows * core));
+      for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
+      both(
+          "kroneckerScaleGrad " + name, in, gradOutputs(first + 2), 1e-6,
+          1e-10 * double(rows * core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            float* grads[kMaxOrder];
+            operands(p, factors, scales);
+            for (int n = 0; n < N; ++n) grads[n] = p[first + 2 + size_t(n)];
+            b.kroneckerScaleGrad(rows, N, shape.ranks, p[first], p[first + 1], scales, 0.5f, grads);
+          },
+          cpu, gpu);
+    }
+    {
+      std::vector<std::vector<float>> in = common;
+      in.push_back(randomVector(core));  // z
+      in.push_back(randomVector(core));  // G
+      for (int n = 0; n < N; ++n) in.push_back(std::vector<float>(size_t(shape.ranks[n])));
+      both(
+          "tuckerCoreGrad " + name, in, gradOutputs(first + 2), 1e-6, 1e-10 * double(core),
+          [&](Backend& b, std::vector<float*>& p) {
+            const float* factors[kMaxOrder];
+            const float* scales[kMaxOrder];
+            float* grads[kMaxOrder];
+            operands(p, factors, scales);
+            for (int n = 0; n < N; ++n) grads[n] = p[first + 2 + size_t(n)];
+            b.tuckerCoreGrad(N, shape.ranks, p[first], p[first + 1], scales, grads);
+          },
+          cpu, gpu);
+    }
+  }
+}
+
 // Lookup and scatter-add (repeated ids accumulate in token order); shapes are
 // count, vocab, dim.
 void checkEmbedding(Backend& cpu, Backend& gpu) {
@@ -1379,8 +1504,9 @@ void benchmark(Backend& gpu) {
         fp[n] = factors.back()->data;
         sp[n] = nullptr;
       }
-      const double tucker =
-          timeIt(gpu, 50, [&] { gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data); });
+      const double tucker = timeIt(gpu, 50, [&] {
+        gpu.tuckerReconstruct(shape, core.data, fp, sp, 1.0f, out.data, nullptr);
+      });
       const double copy = timeIt(gpu, 50, [&] { gpu.copy(copyDst.data, core.data, size); });
       float* gradScales[kMaxOrder];
       std::vector<Buffer*> grads;
@@ -1467,6 +1593,7 @@ int main(int argc, char** argv) {
   if (options.runs("tucker")) checkTucker(cpu, *gpu);
   if (options.runs("plans")) checkPlans(cpu, *gpu);
   if (options.runs("transformer")) checkTransformer(cpu, *gpu);
+  if (options.runs("factored")) checkFactored(cpu, *gpu);
   if (options.runs("grid")) checkGridStride(cpu, *gpu);
   if (gpuFull && options.runs("large")) checkLarge(cpu, *gpu);
   if (gpuFull && options.runs("bench")) benchmark(*gpu);

@@ -4,6 +4,9 @@
  * size in the same interleaved run (its GFLOP/s is this machine's measured peak), and
  * next to a chain of PyTorch tensordots doing the same reconstruction when torch is there.
  *
+ * Shapes: TeRA's default factorings, large modes (64, 128), a prime mode (43) and order 2
+ * at full rank, each against the sgemm of its [d_out, d_in] output.
+ *
  * The kernels are called through the native binding with outputs allocated once, so
  * the times are the kernels' own: the public kernels.* API adds an output allocation
  * per call (not zero-filled, but with page faults on fresh memory) on top.
@@ -26,21 +29,37 @@ export interface KernelShape {
   name: string;
   dOut: number;
   dIn: number;
-  /** Output modes then input modes: the adapter's default factoring (maxModeSize 16), 8^8 besides. */
+  /** Output modes then input modes: the adapter's default factoring (maxModeSize 16), and larger modes. */
   modes: number[];
+  /** The ranks; default min(I_n, 16), the adapter's default maxRank. */
+  ranks?: number[];
+  /** Time modeProduct on the first, a middle and the last mode (off where each is a plain sgemm). */
+  modeProducts: boolean;
 }
 
-/** R_n = min(I_n, 16): the adapter's default ranks. */
 function ranksOf(shape: KernelShape): number[] {
-  return shape.modes.map((m) => Math.min(m, 16));
+  return shape.ranks ?? shape.modes.map((m) => Math.min(m, 16));
 }
 
 export const kernelShapes: KernelShape[] = [
-  { name: '1024x1024', dOut: 1024, dIn: 1024, modes: [8, 8, 16, 8, 8, 16] },
-  { name: '4096x4096 16^6', dOut: 4096, dIn: 4096, modes: [16, 16, 16, 16, 16, 16] },
-  { name: '4096x4096 8^8', dOut: 4096, dIn: 4096, modes: [8, 8, 8, 8, 8, 8, 8, 8] },
+  { name: '1024x1024', dOut: 1024, dIn: 1024, modes: [8, 8, 16, 8, 8, 16], modeProducts: true },
+  { name: '4096x4096 16^6', dOut: 4096, dIn: 4096, modes: [16, 16, 16, 16, 16, 16], modeProducts: true },
+  { name: '4096x4096 8^8', dOut: 4096, dIn: 4096, modes: [8, 8, 8, 8, 8, 8, 8, 8], modeProducts: false },
   // 11008 = 2^8 * 43: the prime 43 stays one mode.
-  { name: '4096x11008', dOut: 4096, dIn: 11008, modes: [16, 16, 16, 16, 16, 43] },
+  { name: '4096x11008', dOut: 4096, dIn: 11008, modes: [16, 16, 16, 16, 16, 43], modeProducts: true },
+  // Large modes (maxModeSize 64 or 128), ranks 16.
+  { name: '4096x4096 64^4', dOut: 4096, dIn: 4096, modes: [64, 64, 64, 64], modeProducts: true },
+  { name: '4096x4096 128x32', dOut: 4096, dIn: 4096, modes: [128, 32, 128, 32], modeProducts: true },
+  // Order 2 at full rank: the MNIST model's first layer, and a 4096 layer as one mode each side.
+  { name: '784x128 order 2', dOut: 128, dIn: 784, modes: [128, 784], ranks: [128, 784], modeProducts: false },
+  {
+    name: '4096x4096 order 2',
+    dOut: 4096,
+    dIn: 4096,
+    modes: [4096, 4096],
+    ranks: [4096, 4096],
+    modeProducts: false,
+  },
 ];
 
 export interface KernelResult {
@@ -98,7 +117,9 @@ function ourKernels(shape: KernelShape, device: 'cpu' | 'cuda'): { kernels: Time
   const full = normal(modes, device, 2);
   const out = zeros(modes, { device });
   const grads = ranks.map((r) => zeros([r], { device }));
-  const square = [0, order - 1].map((n) => normal([modes[n], modes[n]], device, 30 + n));
+  // modeProduct's modes: the first, a middle one, the last (square matrices).
+  const productModes = shape.modeProducts ? [0, order >> 1, order - 1] : [];
+  const square = productModes.map((n) => normal([modes[n], modes[n]], device, 30 + n));
   // sgemm producing the same [dOut, dIn] output, with k = min(dOut, dIn).
   const k = Math.min(shape.dOut, shape.dIn);
   const a = normal([shape.dOut, k], device, 3);
@@ -132,8 +153,7 @@ function ourKernels(shape: KernelShape, device: 'cpu' | 'cuda'): { kernels: Time
           ),
       },
     },
-    modeProduct(0, 'first', square[0]),
-    modeProduct(order - 1, 'last', square[1]),
+    ...productModes.map((n, i) => modeProduct(n, ['first', 'middle', 'last'][i], square[i])),
     {
       // The projection into core space dominates; it has reconstruction's multiply-adds.
       kernel: 'scaleGrad',

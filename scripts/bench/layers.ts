@@ -38,6 +38,10 @@ export interface LayerResult {
   method: Method;
   /** The adapter's configuration in words (modes, ranks). */
   config: string;
+  /** TeRA's maxRank when not the default (16); null otherwise. */
+  maxRank: number | null;
+  /** The path TeRA's cost model chose for the step ('merged' or 'factored'); null for the other methods. */
+  path: string | null;
   ours: Summary;
   /** Our step time over our frozen Linear's, per repetition; null for the frozen layer itself. */
   vsFrozen: Summary | null;
@@ -61,13 +65,22 @@ export interface ModelSpec {
 /** LoRA's alpha: PEFT's default, so the update is scaled by alpha / r = 0.5. */
 const LORA_ALPHA = 8;
 
-function adapterConfig(
-  method: Exclude<Method, 'frozen'>,
-  extra: { saveShared?: boolean } = {},
-): adapters.AdapterConfig {
+export interface ModelOptions {
+  /** Keep the frozen shared tensors in the adapter file. */
+  saveShared?: boolean;
+  /** TeRA's maxRank (default 16). */
+  maxRank?: number;
+  /** TeRA's evaluation path (default 'auto'). */
+  evaluation?: 'auto' | 'merged' | 'factored';
+}
+
+function adapterConfig(method: Exclude<Method, 'frozen'>, extra: ModelOptions = {}): adapters.AdapterConfig {
   // Sequential names its layers '0', '1', ...: adapt them all.
   const targets = { targetModules: '\\d+' };
-  if (method === 'tera') return new TeraConfig({ ...targets, saveFactors: extra.saveShared });
+  if (method === 'tera') {
+    const { saveShared, maxRank, evaluation } = extra;
+    return new TeraConfig({ ...targets, saveFactors: saveShared, maxRank, evaluation });
+  }
   if (method === 'vera') return new VeraConfig({ ...targets, r: VERA_RANK, saveProjection: extra.saveShared });
   return new LoraConfig({ ...targets, r: LORA_RANK, alpha: LORA_ALPHA });
 }
@@ -96,7 +109,7 @@ export interface BenchModel {
 }
 
 /** A Sequential of `layers` Linears with `method`'s adapter on each, or frozen (no adapter). */
-export function buildModel(spec: ModelSpec, extra: { saveShared?: boolean } = {}): BenchModel {
+export function buildModel(spec: ModelSpec, extra: ModelOptions = {}): BenchModel {
   const linears = Array.from(
     { length: spec.layers },
     (_, i) => new nn.Linear(spec.dIn, spec.dOut, { seed: 1000 + i, device: spec.device }),
@@ -137,8 +150,8 @@ function randomTensor(shape: number[], key: number, device: 'cpu' | 'cuda', std 
 }
 
 /** Our layer for one case, with its input and upstream gradient. */
-function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cuda') {
-  const model = buildModel({ method, layers: 1, dOut: d, dIn: d, device });
+function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cuda', maxRank?: number) {
+  const model = buildModel({ method, layers: 1, dOut: d, dIn: d, device }, { maxRank });
   const x = new autograd.Var(randomTensor([tokens, d], 1, device), { requiresGrad: true });
   const dy = randomTensor([tokens, d], 2, device);
   // TeRA and VeRA start with dW = 0 (l_1 = 0, lambda_b = 0): move off it so no work is trivial.
@@ -146,6 +159,8 @@ function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cud
   const time = deviceTimer(device);
   return {
     once: () => time(() => trainingStep(model, x, dy)),
+    /** The path TeRA's last step took. */
+    path: () => (model.adapterLayers[0] instanceof adapters.TeraLayer ? model.adapterLayers[0].lastPath : null),
     dispose: () => {
       model.dispose();
       x.dispose();
@@ -175,7 +190,12 @@ export interface LayerCases {
   sizes: number[];
   tokens: number[];
   methods: Method[];
+  /** Token counts at which TeRA with maxRank LOW_RANK also runs (d 4096 only), in the same interleaving. */
+  lowRankTokens: number[];
 }
+
+/** The reduced maxRank of the issue's low-rank target. */
+export const LOW_RANK = 4;
 
 export async function runLayers(context: SuiteContext, cases: LayerCases): Promise<LayerResult[]> {
   const methods: Method[] = ['frozen', ...cases.methods.filter((m) => m !== 'frozen')];
@@ -186,8 +206,19 @@ export async function runLayers(context: SuiteContext, cases: LayerCases): Promi
       for (const d of cases.sizes) {
         for (const tokens of cases.tokens) {
           context.log(`layers ${device}${threads === null ? '' : ` ${threads} thread(s)`} d ${d} T ${tokens}`);
-          const ours = methods.map((method) => ({ method, ...ourStep(method, d, tokens, device) }));
-          const contenders: Contender[] = ours.map((o) => ({ name: `ours ${o.method}`, once: o.once }));
+          const lowRank = methods.includes('tera') && d === 4096 && cases.lowRankTokens.includes(tokens);
+          const variants: { method: Method; maxRank: number | null }[] = [
+            ...methods.map((method) => ({ method, maxRank: null })),
+            ...(lowRank ? [{ method: 'tera' as const, maxRank: LOW_RANK }] : []),
+          ];
+          const nameOf = (v: { method: Method; maxRank: number | null }) =>
+            `ours ${v.method}${v.maxRank === null ? '' : ` maxRank ${v.maxRank}`}`;
+          const ours = variants.map((v) => ({
+            ...v,
+            name: nameOf(v),
+            ...ourStep(v.method, d, tokens, device, v.maxRank ?? undefined),
+          }));
+          const contenders: Contender[] = ours.map((o) => ({ name: o.name, once: o.once }));
           const torch = torchOn(context, device);
           if (torch) {
             for (const method of methods) {
@@ -197,27 +228,32 @@ export async function runLayers(context: SuiteContext, cases: LayerCases): Promi
             }
           }
           const samples = await interleave(contenders, context.schedule);
+          const paths = ours.map((o) => o.path());
           ours.forEach((o) => o.dispose());
           for (const method of methods) await torch?.request('drop', { key: `layer ${method}` });
 
-          for (const method of methods) {
-            const mine = samples.get(`ours ${method}`)!;
-            const theirs = samples.get(`torch ${method}`);
+          ours.forEach(({ method, maxRank, name }, i) => {
+            const mine = samples.get(name)!;
+            // The PyTorch reference runs the default ranks only.
+            const theirs = maxRank === null ? samples.get(`torch ${method}`) : undefined;
             const againstFrozen = method !== 'frozen';
+            const config = describeConfig(method, d, d);
             results.push({
               device,
               threads,
               d,
               tokens,
               method,
-              config: describeConfig(method, d, d),
+              config: maxRank === null ? config : `${config}, maxRank ${maxRank}`,
+              maxRank,
+              path: paths[i],
               ours: summarize(mine),
               vsFrozen: againstFrozen ? pairedRatio(mine, samples.get('ours frozen')!) : null,
               torch: theirs ? summarize(theirs) : null,
               oursOverTorch: theirs ? pairedRatio(mine, theirs) : null,
               torchVsFrozen: theirs && againstFrozen ? pairedRatio(theirs, samples.get('torch frozen')!) : null,
             });
-          }
+          });
         }
       }
     }

@@ -183,6 +183,7 @@ async function main(): Promise<void> {
         sizes: options.layerSizes,
         tokens: options.tokens,
         methods: options.methods,
+        lowRankTokens: [128, 512],
       });
     },
     profile: async () => {

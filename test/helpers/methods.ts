@@ -21,6 +21,16 @@ export interface MethodCase {
 export const METHOD_CASES: readonly MethodCase[] = [
   { name: 'TeRA', config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 3 }), lr: 0.05 },
   {
+    name: 'TeRA on the merged path',
+    config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 3, evaluation: 'merged' }),
+    lr: 0.05,
+  },
+  {
+    name: 'TeRA on the factored path, ranks below the modes',
+    config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 4, maxRank: 2, evaluation: 'factored' }),
+    lr: 0.05,
+  },
+  {
     name: 'TeRA with saved factors',
     config: (t) => new tera.TeraConfig({ targetModules: t, saveFactors: true }),
     lr: 0.05,

@@ -3,6 +3,7 @@
  * dW = alpha * reshape(G x_1 (A_1 diag(l_1)) ... x_N (A_N diag(l_N)), [out, in])
  * over the modes (o_1..o_P, i_1..i_Q) of d_out = o_1 ... o_P and d_in = i_1 ... i_Q.
  */
+import { describeValue } from '../../shape';
 import { configClass } from '../config';
 import {
   type OptionalField,
@@ -16,6 +17,21 @@ import {
 
 /** The native Tucker kernels take tensors of order 1 to 8. */
 export const MAX_TERA_ORDER = 8;
+
+/** The two ways to evaluate a layer (docs/math.md). */
+export type TeraPath = 'merged' | 'factored';
+/** A path, or 'auto': the cheaper one per call, by the cost model. */
+export type TeraEvaluation = TeraPath | 'auto';
+const EVALUATIONS: readonly TeraEvaluation[] = ['auto', 'merged', 'factored'];
+
+function checkEvaluation(value: unknown, what: string): TeraEvaluation {
+  if (!EVALUATIONS.includes(value as TeraEvaluation)) {
+    throw new Error(
+      `${what} must be one of ${EVALUATIONS.map((e) => `'${e}'`).join(', ')}, got ${describeValue(value)}`,
+    );
+  }
+  return value as TeraEvaluation;
+}
 
 const TERA_FIELDS = {
   maxModeSize: {
@@ -63,6 +79,13 @@ const TERA_FIELDS = {
     help: 'seeds the frozen core and factors',
     check: checkSeed,
   } satisfies OptionalField<number>,
+  evaluation: {
+    // Stored so that a reloaded adapter computes along the same path (the paths round differently).
+    json: 'evaluation',
+    default: 'auto',
+    help: "how each call evaluates the layer: 'merged' (W0 + dW formed, then GEMMs), 'factored' (dW never formed) or 'auto' (the cheaper by tera/cost.ts)",
+    check: checkEvaluation,
+  } satisfies OptionalField<TeraEvaluation>,
   saveFactors: {
     json: 'save_factors',
     default: false,

@@ -15,13 +15,13 @@ function shapeOf(config: TeraConfig, base: Linear, moduleName: string): TeraShap
   return teraShape(config, base.outFeatures, base.inFeatures, moduleName);
 }
 
-function createLayer(config: TeraConfig, { base, moduleName }: LayerPlan): MethodLayer {
+function createLayer(config: TeraConfig, { base, moduleName }: LayerPlan, siblings: number): MethodLayer {
   const device = base.weight.device;
   const factors = acquireFactors(config.seed, shapeOf(config, base, moduleName), device);
   let workspace;
   try {
     workspace = acquireWorkspace(device, base.outFeatures * base.inFeatures);
-    return new TeraLayer(config, factors, workspace);
+    return new TeraLayer(config, factors, workspace, siblings);
   } catch (error) {
     factors.release();
     workspace?.release();
@@ -50,7 +50,12 @@ export const teraMethod: AdapterMethod<TeraConfig> = {
 
   // A file's stored factors are not used in place of the generated ones: loadAdapter checks they are equal.
   createLayers(config: TeraConfig, plans: readonly LayerPlan[]): MethodLayer[] {
-    return createAll(plans, (plan) => createLayer(config, plan));
+    // Layers of one size share a workspace: the cost model expects all but one of them to
+    // find it overwritten in backward. Counted within the adapter, so that a layer's path
+    // (and its rounding) does not depend on other models alive in the process.
+    const sizeOf = (plan: LayerPlan) => `${plan.base.outFeatures}x${plan.base.inFeatures}`;
+    const siblings = (plan: LayerPlan) => plans.filter((p) => sizeOf(p) === sizeOf(plan)).length;
+    return createAll(plans, (plan) => createLayer(config, plan, siblings(plan)));
   },
 
   configFromJson: (json) => TeraConfig.fromJson(json),
