@@ -304,8 +304,12 @@ export class TeraLayer implements MethodLayer {
         linearParamGrads(g, x, w, b, sink);
         const wantDl = this.lambdas.some((l) => l.requiresGrad);
         if (!x.requiresGrad && !wantDl) return;
-        // Unless kept, the forward's activations (in shared slots) are recomputed.
-        if (!keep && wantDl) project(xIn, v);
+        // Unless kept, the forward's activations are recomputed into the shared slots, taken
+        // again here: a layer of another shape with the same workspace may have resized them.
+        const recompute = !keep && wantDl;
+        const xInB = recompute ? ws.scratch(SLOT.xIn, rows * inside.rank) : xIn;
+        const vB = recompute ? ws.scratch(SLOT.v, rows * outside.rank) : v;
+        if (recompute) project(xInB, vB);
         // gOut = dY K_out; dv = alpha gOut diag(lambda_out); du = dv G.
         const gOut = ws.scratch(SLOT.gOut, rows * outside.rank);
         this.#kroneckerRows(outside, g, rows, true, false, 1, gOut);
@@ -325,8 +329,8 @@ export class TeraLayer implements MethodLayer {
               alpha,
               grads.slice(first, first + group.ranks.length).map((t) => t.storage),
             );
-          scaleGrad(outside, gOut, v, this.alpha, 0);
-          scaleGrad(inside, du, xIn, 1, outside.ranks.length);
+          scaleGrad(outside, gOut, vB, this.alpha, 0);
+          scaleGrad(inside, du, xInB, 1, outside.ranks.length);
           this.lambdas.forEach((l, i) => sink(l, grads[i]));
         }
         if (x.requiresGrad) {
