@@ -83,13 +83,17 @@ export function chainMultiplyAdds(from: readonly number[], to: readonly number[]
   return total;
 }
 
-/** Whether the factored path may keep its activations: all sharers together within one workspace. */
+/**
+ * Whether the factored path may keep its activations: every sharer's kept activations plus the
+ * call's own scratch slots (u, du, gOut, dv: twice what one layer keeps) within one workspace, so
+ * that a stack's extra memory stays one d_out x d_in buffer per layer size however deep it is.
+ */
 export function factoredKeeps(call: LayerCall): boolean {
   const { shape, rows } = call;
   const P = shape.outModes.length;
   const saved = rows * (product(shape.ranks.slice(P)) + product(shape.ranks.slice(0, P)));
   const workspace = product(shape.modes);
-  return call.needs.backward && !call.workspaceAllocated && saved * call.sharers <= workspace;
+  return call.needs.backward && !call.workspaceAllocated && saved * (call.sharers + 2) <= workspace;
 }
 
 /** Both paths' estimated costs and the chosen path (`evaluation` forces one). */

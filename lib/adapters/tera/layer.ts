@@ -22,7 +22,8 @@
  *   the merged path's d_out x d_in buffer and the temporaries of both paths.
  * - The factored path keeps its projected activations ([T, R_in], [T, R_out])
  *   from forward to backward only while every layer sharing the workspace
- *   could keep its own within the workspace's size, and none has used the big
+ *   could keep its own, with the call's scratch slots, within the workspace's
+ *   size (cost.ts, factoredKeeps), and none has used the big
  *   buffer; otherwise backward recomputes them. So a stack's extra memory stays
  *   about one d_out x d_in buffer per distinct layer size, not one per layer.
  */
