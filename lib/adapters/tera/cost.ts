@@ -98,7 +98,12 @@ export function factoredKeeps(call: LayerCall): boolean {
 
 /** Both paths' estimated costs and the chosen path (`evaluation` forces one). */
 export function planPath(call: LayerCall, evaluation: TeraEvaluation): PathPlan {
-  const { shape, rows: T, needs } = call;
+  // Costed for a training call whatever this call needs, and with this adapter's own layers as
+  // the only sharers: the path changes the rounding, so it must not depend on the grad mode or
+  // on what else is alive (an adapter saved after training must reload to identical outputs).
+  // The actual keep may differ, which changes memory and time, never the values.
+  const needs: CallNeeds = { backward: true, dx: true, dl: true };
+  const { shape, rows: T } = call;
   const rates = DEVICE_RATES[call.device];
   const P = shape.outModes.length;
   const outRanks = shape.ranks.slice(0, P);
@@ -125,13 +130,14 @@ export function planPath(call: LayerCall, evaluation: TeraEvaluation): PathPlan 
   }
 
   const keep = factoredKeeps(call);
+  const keepAlone = factoredKeeps({ ...call, needs, sharers: call.siblings, workspaceAllocated: false });
   let factored = contractIn + floats(2 * T * rIn) + gemm(T, rOut, rIn) + expandOut + gemm(T, dOut, dIn);
   factored += floats(T * dOut); // the GEMM adds x W0^T to what is already in y
   if (needs.backward && (needs.dx || needs.dl)) {
     factored += contractOut + floats(2 * T * rOut) + gemm(T, rIn, rOut);
     if (needs.dl) {
       factored += floats(2 * T * (rIn + rOut));
-      if (!keep) factored += contractIn + floats(2 * T * rIn) + gemm(T, rOut, rIn);
+      if (!keepAlone) factored += contractIn + floats(2 * T * rIn) + gemm(T, rOut, rIn);
     }
     if (needs.dx) factored += expandIn + gemm(T, dIn, dOut) + floats(T * dIn);
   }
