@@ -102,7 +102,19 @@ function baseMlp(sizes: number[], seed = 5): tera.nn.MLP {
 
 describe('TeRA tensorisation', () => {
   it('factorises dimensions into the fewest balanced modes <= maxModeSize', () => {
-    const cases: [number, number[]][] = [
+    const withDefault: [number, number[]][] = [
+      [4096, [64, 64]],
+      [768, [24, 32]],
+      [2304, [48, 48]],
+      [784, [28, 28]],
+      [11008, [86, 128]],
+      [128, [128]],
+      [10, [10]],
+      [131, [131]],
+      [1, [1]],
+    ];
+    for (const [d, modes] of withDefault) expect([d, adapters.factorizeDimension(d)]).toEqual([d, modes]);
+    const withSixteen: [number, number[]][] = [
       [4096, [16, 16, 16]],
       [768, [8, 8, 12]],
       [1000, [10, 10, 10]],
@@ -111,20 +123,21 @@ describe('TeRA tensorisation', () => {
       [256, [16, 16]],
       [12, [12]],
       [17, [17]],
-      [1, [1]],
     ];
-    for (const [d, modes] of cases) expect([d, adapters.factorizeDimension(d)]).toEqual([d, modes]);
+    for (const [d, modes] of withSixteen) expect([d, adapters.factorizeDimension(d, 16)]).toEqual([d, modes]);
     expect(adapters.factorizeDimension(4096, 8)).toEqual([8, 8, 8, 8]);
   });
 
   it('derives ranks min(I_n, maxRank), honours overrides and names bad ones', () => {
-    const config = new tera.TeraConfig({ targetModules: ['x'], maxRank: 12 });
+    const config = new tera.TeraConfig({ targetModules: ['x'], maxRank: 30 });
     expect(adapters.teraShape(config, 768, 4096, 'x')).toEqual({
-      outModes: [8, 8, 12],
-      inModes: [16, 16, 16],
-      modes: [8, 8, 12, 16, 16, 16],
-      ranks: [8, 8, 12, 12, 12, 12],
+      outModes: [24, 32],
+      inModes: [64, 64],
+      modes: [24, 32, 64, 64],
+      ranks: [24, 30, 30, 30],
     });
+    const byDefault = new tera.TeraConfig({ targetModules: ['x'] });
+    expect(adapters.teraShape(byDefault, 768, 4096, 'x').ranks).toEqual([24, 32, 64, 64]);
     const custom = new tera.TeraConfig({ targetModules: ['x'], outModes: [4, 6], inModes: [24], ranks: [2, 3, 4] });
     expect(adapters.teraShape(custom, 24, 24, 'x').ranks).toEqual([2, 3, 4]);
     expect(() => adapters.teraShape(custom, 25, 24, 'fc')).toThrow(
@@ -612,13 +625,13 @@ describe('shared TeRA factors', () => {
     const layer = make(4);
     const core = layer.shared.core.toFloat32Array();
     const std = Math.sqrt(core.reduce((s, v) => s + v * v, 0) / core.length);
-    expect(layer.shared.shape.ranks).toEqual([8, 8, 8, 8]);
+    expect(layer.shared.shape.ranks).toEqual([64, 64]);
     expect(Math.abs(std - 1 / 8)).toBeLessThan(0.01);
     const a1 = layer.shared.factors[0].toFloat32Array();
-    expect(Math.abs(Math.sqrt(a1.reduce((s, v) => s + v * v, 0) / a1.length) - Math.sqrt(1 / 8))).toBeLessThan(0.06);
+    expect(Math.abs(Math.sqrt(a1.reduce((s, v) => s + v * v, 0) / a1.length) - Math.sqrt(1 / 64))).toBeLessThan(0.01);
     expect(
       layer.lambdas.map((l) => Array.from(l.toFloat32Array()).every((v) => v === (l === layer.lambdas[0] ? 0 : 1))),
-    ).toEqual([true, true, true, true]);
+    ).toEqual([true, true]);
     expect(make(4).shared).toBe(layer.shared);
     expect(Array.from(make(5).shared.core.toFloat32Array().subarray(0, 4))).not.toEqual(
       Array.from(core.subarray(0, 4)),
@@ -631,11 +644,11 @@ describe('printTrainableParameters', () => {
     const log = jest.spyOn(console, 'log').mockImplementation(() => undefined);
     try {
       const peft = inject(baseMlp([1024, 1024]), new tera.TeraConfig({ targetModules: ['0'] }));
-      // 1024 = 8 x 8 x 16 per side: sum R_n = 2 * 32 = 64 trainable; 1024 * 1024 + 1024 base.
+      // 1024 = 32 x 32 per side: sum R_n = 2 * 64 = 128 trainable; 1024 * 1024 + 1024 base.
       const line = peft.printTrainableParameters();
-      expect(line).toBe('trainable params: 64 || all params: 1,049,664 || trainable%: 0.0061');
+      expect(line).toBe('trainable params: 128 || all params: 1,049,728 || trainable%: 0.0122');
       expect(log).toHaveBeenCalledWith(line);
-      expect(peft.getNbTrainableParameters()).toEqual([64, 1049664]);
+      expect(peft.getNbTrainableParameters()).toEqual([128, 1049728]);
     } finally {
       log.mockRestore();
     }

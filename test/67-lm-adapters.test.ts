@@ -111,12 +111,7 @@ describe('adapter files keyed as PEFT keys them', () => {
       ['vera_lambda_b', 'vera_lambda_d'],
       [[24], [4]],
     ],
-    [
-      'TeRA',
-      () => new tera.TeraConfig({ targetModules: ['c_attn'] }),
-      ['tera_lambda_1', 'tera_lambda_2', 'tera_lambda_3'],
-      [[4], [6], [8]],
-    ],
+    ['TeRA', () => new tera.TeraConfig({ targetModules: ['c_attn'] }), ['tera_lambda_1', 'tera_lambda_2'], [[24], [8]]],
   ])(
     '%s on GPT-2 c_attn: base_model.model.transformer.h.N.attn.c_attn.* and fan_in_fan_out',
     (method, config, suffixes, shapes) => {
@@ -429,17 +424,23 @@ describe("TeRA's default modes on LLM-sized non-square layers", () => {
   test('teraShape: 768x2304 (c_attn), 4096x11008 and 11008x4096 (LLaMA-7B MLP)', () => {
     const config = new tera.TeraConfig({ targetModules: ['x'] });
     expect(tera.adapters.teraShape(config, 2304, 768, 'c_attn')).toMatchObject({
-      outModes: [12, 12, 16],
-      inModes: [8, 8, 12],
+      outModes: [48, 48],
+      inModes: [24, 32],
     });
     expect(tera.adapters.teraShape(config, 11008, 4096, 'up_proj')).toMatchObject({
+      outModes: [86, 128],
+      inModes: [64, 64],
+      ranks: [86, 128, 64, 64],
+    });
+    expect(tera.adapters.teraShape(config, 4096, 11008, 'down_proj')).toMatchObject({
+      outModes: [64, 64],
+      inModes: [86, 128],
+    });
+    const sixteen = new tera.TeraConfig({ targetModules: ['x'], maxModeSize: 16, maxRank: 16 });
+    expect(tera.adapters.teraShape(sixteen, 11008, 4096, 'up_proj')).toMatchObject({
       outModes: [16, 16, 43],
       inModes: [16, 16, 16],
       ranks: [16, 16, 16, 16, 16, 16],
-    });
-    expect(tera.adapters.teraShape(config, 4096, 11008, 'down_proj')).toMatchObject({
-      outModes: [16, 16, 16],
-      inModes: [16, 16, 43],
     });
   });
 

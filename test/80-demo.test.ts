@@ -304,12 +304,12 @@ describe('demo sweep smoke run', () => {
       expect(row.test).toBeLessThanOrEqual(1);
       expect(row.secondsPerStep).toBeGreaterThan(0);
     }
-    // TeRA at full Tucker rank: each layer's sum of ranks trains; each signature's core and factors are frozen.
+    // TeRA 'm 16' at full Tucker rank: each layer's sum of ranks trains; each signature's core and factors are frozen.
     const layers = [
       [128, 784],
       [64, 128],
       [10, 64],
-    ].map(([o, i]) => [...factorizeDimension(o), ...factorizeDimension(i)]);
+    ].map(([o, i]) => [...factorizeDimension(o, 16), ...factorizeDimension(i, 16)]);
     const core = (modes: number[]) => modes.reduce((a, b) => a * b, 1);
     expect(rows[0].trainableParameters).toBe(layers.flat().reduce((a, b) => a + b, 0));
     expect(rows[0].frozenSharedValues).toBe(layers.reduce((n, m) => n + core(m) + m.reduce((a, b) => a + b * b, 0), 0));

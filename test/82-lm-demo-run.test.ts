@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { backendInfo, models } from '../lib';
+import { TeraConfig, backendInfo, models } from '../lib';
 import { readSafetensors } from '../lib/io';
 import { Tokenizer, byteLevelTokenizer } from '../lib/tokenizers';
 import { BROWN_SPLIT, type BrownText, loadBrown, splitBrown } from '../scripts/demo/brown';
@@ -273,10 +273,12 @@ describe('LM sweep smoke run', () => {
 
   afterAll(() => fs.rmSync(outDir, { recursive: true, force: true }));
 
-  test('the points run TeRA from the default modes to order 2, and VeRA, LoRA by r', () => {
+  test('the points run TeRA from modes <= 16 through the default to order 2, and VeRA, LoRA by r', () => {
     const all = lmSweepPoints(['tera', 'vera', 'lora', 'full']);
     const tera = all.filter((p) => p.spec.method === 'tera').map((p) => p.spec);
     expect(tera[0]).toEqual({ method: 'tera', maxModeSize: 16, maxRank: 16 });
+    const { maxModeSize, maxRank } = TeraConfig.fields;
+    expect(tera).toContainEqual({ method: 'tera', maxModeSize: maxModeSize.default, maxRank: maxRank.default });
     // Order 2 on every layer: no GPT-2 projection of the base is wider than 4 * n_embd.
     expect(tera.some((s) => s.method === 'tera' && (s.maxModeSize ?? 0) >= 4 * BASE_CONFIG.n_embd)).toBe(true);
     expect(new Set(all.map((p) => p.spec.method))).toEqual(new Set(['tera', 'vera', 'lora', 'full']));

@@ -29,9 +29,9 @@ export interface KernelShape {
   name: string;
   dOut: number;
   dIn: number;
-  /** Output modes then input modes: the adapter's default factoring (maxModeSize 16), and larger modes. */
+  /** Output modes then input modes: maxModeSize 16's factoring (the performance issue's shapes), and larger modes. */
   modes: number[];
-  /** The ranks; default min(I_n, 16), the adapter's default maxRank. */
+  /** The ranks; default min(I_n, 16). */
   ranks?: number[];
   /** Time modeProduct on the first, a middle and the last mode (off where each is a plain sgemm). */
   modeProducts: boolean;
@@ -47,8 +47,16 @@ export const kernelShapes: KernelShape[] = [
   { name: '4096x4096 8^8', dOut: 4096, dIn: 4096, modes: [8, 8, 8, 8, 8, 8, 8, 8], modeProducts: false },
   // 11008 = 2^8 * 43: the prime 43 stays one mode.
   { name: '4096x11008', dOut: 4096, dIn: 11008, modes: [16, 16, 16, 16, 16, 43], modeProducts: true },
-  // Large modes (maxModeSize 64 or 128), ranks 16.
+  // Large modes (maxModeSize 64 or 128), ranks 16; then the adapter's default at 4096, full rank.
   { name: '4096x4096 64^4', dOut: 4096, dIn: 4096, modes: [64, 64, 64, 64], modeProducts: true },
+  {
+    name: '4096x4096 64^4 full rank',
+    dOut: 4096,
+    dIn: 4096,
+    modes: [64, 64, 64, 64],
+    ranks: [64, 64, 64, 64],
+    modeProducts: false,
+  },
   { name: '4096x4096 128x32', dOut: 4096, dIn: 4096, modes: [128, 32, 128, 32], modeProducts: true },
   // Order 2 at full rank: the MNIST model's first layer, and a 4096 layer as one mode each side.
   { name: '784x128 order 2', dOut: 128, dIn: 784, modes: [128, 784], ranks: [128, 784], modeProducts: false },

@@ -38,8 +38,8 @@ export interface LayerResult {
   method: Method;
   /** The adapter's configuration in words (modes, ranks). */
   config: string;
-  /** TeRA's maxRank when not the default (16); null otherwise. */
-  maxRank: number | null;
+  /** The TeRA variant's name ('maxRank 4', 'maxModeSize 16') when not the default config; null otherwise. */
+  variant: string | null;
   /** The path TeRA's cost model chose for the step ('merged' or 'factored'); null for the other methods. */
   path: string | null;
   ours: Summary;
@@ -68,7 +68,8 @@ const LORA_ALPHA = 8;
 export interface ModelOptions {
   /** Keep the frozen shared tensors in the adapter file. */
   saveShared?: boolean;
-  /** TeRA's maxRank (default 16). */
+  /** TeRA's maxModeSize and maxRank (the library's defaults when not given). */
+  maxModeSize?: number;
   maxRank?: number;
   /** TeRA's evaluation path (default 'auto'). */
   evaluation?: 'auto' | 'merged' | 'factored';
@@ -78,24 +79,25 @@ function adapterConfig(method: Exclude<Method, 'frozen'>, extra: ModelOptions = 
   // Sequential names its layers '0', '1', ...: adapt them all.
   const targets = { targetModules: '\\d+' };
   if (method === 'tera') {
-    const { saveShared, maxRank, evaluation } = extra;
-    return new TeraConfig({ ...targets, saveFactors: saveShared, maxRank, evaluation });
+    const { saveShared, maxModeSize, maxRank, evaluation } = extra;
+    return new TeraConfig({ ...targets, saveFactors: saveShared, maxModeSize, maxRank, evaluation });
   }
   if (method === 'vera') return new VeraConfig({ ...targets, r: VERA_RANK, saveProjection: extra.saveShared });
   return new LoraConfig({ ...targets, r: LORA_RANK, alpha: LORA_ALPHA });
 }
 
-/** The TeRA modes and ranks the default config gives a [dOut, dIn] layer. */
-export function teraShapeOf(dOut: number, dIn: number): adapters.TeraShape {
-  return adapters.teraShape(adapterConfig('tera') as TeraConfig, dOut, dIn, 'bench');
+/** The TeRA modes and ranks the default config (or a variant's) gives a [dOut, dIn] layer. */
+export function teraShapeOf(dOut: number, dIn: number, variant: TeraVariant = {}): adapters.TeraShape {
+  return adapters.teraShape(adapterConfig('tera', variant) as TeraConfig, dOut, dIn, 'bench');
 }
 
-export function describeConfig(method: Method, dOut: number, dIn: number): string {
+export function describeConfig(method: Method, dOut: number, dIn: number, variant: TeraVariant = {}): string {
   if (method === 'vera') return `r ${VERA_RANK}`;
   if (method === 'lora') return `r ${LORA_RANK}`;
   if (method === 'frozen') return '';
-  const shape = teraShapeOf(dOut, dIn);
-  return `modes ${shape.outModes.join('x')}|${shape.inModes.join('x')}`;
+  const shape = teraShapeOf(dOut, dIn, variant);
+  const reduced = shape.ranks.some((r, n) => r < shape.modes[n]) ? `, ranks ${shape.ranks.join('x')}` : '';
+  return `modes ${shape.outModes.join('x')}|${shape.inModes.join('x')}${reduced}`;
 }
 
 export interface BenchModel {
@@ -150,8 +152,8 @@ function randomTensor(shape: number[], key: number, device: 'cpu' | 'cuda', std 
 }
 
 /** Our layer for one case, with its input and upstream gradient. */
-function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cuda', maxRank?: number) {
-  const model = buildModel({ method, layers: 1, dOut: d, dIn: d, device }, { maxRank });
+function ourStep(method: Method, d: number, tokens: number, device: 'cpu' | 'cuda', variant: TeraVariant) {
+  const model = buildModel({ method, layers: 1, dOut: d, dIn: d, device }, variant);
   const x = new autograd.Var(randomTensor([tokens, d], 1, device), { requiresGrad: true });
   const dy = randomTensor([tokens, d], 2, device);
   // TeRA and VeRA start with dW = 0 (l_1 = 0, lambda_b = 0): move off it so no work is trivial.
@@ -194,8 +196,25 @@ export interface LayerCases {
   lowRankTokens: number[];
 }
 
+/** A TeRA config other than the default, run beside it. */
+export interface TeraVariant {
+  maxModeSize?: number;
+  maxRank?: number;
+}
+
 /** The reduced maxRank of the issue's low-rank target. */
 export const LOW_RANK = 4;
+/**
+ * The modes of the performance issue's targets (4096 -> 16x16x16, the default until the
+ * parameter-budget studies raised it to 128): run beside the default at d 4096.
+ */
+export const SMALL_MODES = 16;
+
+/** A variant's name in results and reports ('maxRank 4'), null for the default config. */
+export function variantName(variant: TeraVariant): string | null {
+  const parts = Object.entries(variant).map(([key, value]) => `${key} ${value}`);
+  return parts.length === 0 ? null : parts.join(', ');
+}
 
 export async function runLayers(context: SuiteContext, cases: LayerCases): Promise<LayerResult[]> {
   const methods: Method[] = ['frozen', ...cases.methods.filter((m) => m !== 'frozen')];
@@ -206,17 +225,18 @@ export async function runLayers(context: SuiteContext, cases: LayerCases): Promi
       for (const d of cases.sizes) {
         for (const tokens of cases.tokens) {
           context.log(`layers ${device}${threads === null ? '' : ` ${threads} thread(s)`} d ${d} T ${tokens}`);
-          const lowRank = methods.includes('tera') && d === 4096 && cases.lowRankTokens.includes(tokens);
-          const variants: { method: Method; maxRank: number | null }[] = [
-            ...methods.map((method) => ({ method, maxRank: null })),
-            ...(lowRank ? [{ method: 'tera' as const, maxRank: LOW_RANK }] : []),
+          const tera = methods.includes('tera') && d === 4096;
+          const variants: { method: Method; variant: TeraVariant }[] = [
+            ...methods.map((method) => ({ method, variant: {} })),
+            ...(tera ? [{ method: 'tera' as const, variant: { maxModeSize: SMALL_MODES } }] : []),
+            ...(tera && cases.lowRankTokens.includes(tokens)
+              ? [{ method: 'tera' as const, variant: { maxRank: LOW_RANK } }]
+              : []),
           ];
-          const nameOf = (v: { method: Method; maxRank: number | null }) =>
-            `ours ${v.method}${v.maxRank === null ? '' : ` maxRank ${v.maxRank}`}`;
           const ours = variants.map((v) => ({
             ...v,
-            name: nameOf(v),
-            ...ourStep(v.method, d, tokens, device, v.maxRank ?? undefined),
+            name: `ours ${[v.method, variantName(v.variant)].filter(Boolean).join(' ')}`,
+            ...ourStep(v.method, d, tokens, device, v.variant),
           }));
           const contenders: Contender[] = ours.map((o) => ({ name: o.name, once: o.once }));
           const torch = torchOn(context, device);
@@ -232,20 +252,19 @@ export async function runLayers(context: SuiteContext, cases: LayerCases): Promi
           ours.forEach((o) => o.dispose());
           for (const method of methods) await torch?.request('drop', { key: `layer ${method}` });
 
-          ours.forEach(({ method, maxRank, name }, i) => {
+          ours.forEach(({ method, variant, name }, i) => {
             const mine = samples.get(name)!;
-            // The PyTorch reference runs the default ranks only.
-            const theirs = maxRank === null ? samples.get(`torch ${method}`) : undefined;
+            // The PyTorch reference runs the default config only.
+            const theirs = variantName(variant) === null ? samples.get(`torch ${method}`) : undefined;
             const againstFrozen = method !== 'frozen';
-            const config = describeConfig(method, d, d);
             results.push({
               device,
               threads,
               d,
               tokens,
               method,
-              config: maxRank === null ? config : `${config}, maxRank ${maxRank}`,
-              maxRank,
+              config: describeConfig(method, d, d, variant),
+              variant: variantName(variant),
               path: paths[i],
               ours: summarize(mine),
               vsFrozen: againstFrozen ? pairedRatio(mine, samples.get('ours frozen')!) : null,

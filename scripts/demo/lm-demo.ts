@@ -437,7 +437,8 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
 }
 
 /**
- * The study's points: TeRA from the default high-order modes to order 2 (every
+ * The study's points: TeRA from high-order modes (<= 16) through the default
+ * (<= 128) to order 2 (every
  * layer's out and in dimensions each one mode once maxModeSize reaches 512) at
  * full Tucker rank, then order 2 at lower ranks; VeRA and LoRA by r (LoRA with
  * alpha = 2r, the default's scale); full fine-tuning for reference.
@@ -446,7 +447,7 @@ export function lmSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
   const teraRank = 'TeRA (modes <= m)';
   const teraOrder2 = 'TeRA order 2 (rank <= r)';
   const points: SweepPoint[] = [
-    ...[16, 32, 64, 512].map((m) => ({
+    ...[16, 32, 64, 128, 512].map((m) => ({
       family: teraRank,
       spec: { method: 'tera', maxModeSize: m, maxRank: m } as const,
       tag: `m ${m}`,

@@ -319,7 +319,7 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
 }
 
 /**
- * The study's points: TeRA from the default high-order modes to order 2 (the
+ * The study's points: TeRA from high-order modes (<= 16) through the default (<= 128) to order 2 (the
  * 784 inputs and 128 outputs of the first layer each one mode) at full Tucker
  * rank, then order 2 at lower ranks; VeRA and LoRA by r (LoRA with alpha = 2r,
  * the default's scale); full fine-tuning for reference. Each search starts at

@@ -36,14 +36,16 @@ function checkEvaluation(value: unknown, what: string): TeraEvaluation {
 const TERA_FIELDS = {
   maxModeSize: {
     json: 'max_mode_size',
-    default: 16,
+    // Chosen by the parameter-budget studies (README, "TeRA's default configuration"):
+    // 4096 -> 64x64, 768 -> 24x32, a dimension up to 128 one mode.
+    default: 128,
     help: 'largest default mode size: see factorizeDimension',
     check: (value, what) => checkInteger(value, what, 2),
   } satisfies OptionalField<number>,
   maxRank: {
     json: 'max_rank',
-    default: 16,
-    help: 'R_n = min(I_n, maxRank) unless ranks is given (16: full Tucker rank for default modes)',
+    default: 128,
+    help: 'R_n = min(I_n, maxRank) unless ranks is given (128: full Tucker rank for default modes)',
     check: (value, what) => checkInteger(value, what, 1),
   } satisfies OptionalField<number>,
   outModes: {
@@ -145,11 +147,12 @@ function balancedSplit(m: number, k: number, limit: number): number[] | null {
 
 /**
  * The default modes of a dimension: the fewest factors that are each <=
- * maxModeSize, as balanced as possible, in ascending order (4096 -> 16x16x16,
- * 768 -> 8x8x12, 1000 -> 10x10x10). A prime factor > maxModeSize stays one
- * mode (11008 = 2^8 * 43 -> 16x16x43); 1 -> [1].
+ * maxModeSize, as balanced as possible, in ascending order (with maxModeSize 16:
+ * 4096 -> 16x16x16, 768 -> 8x8x12, 1000 -> 10x10x10; with the default 128:
+ * 4096 -> 64x64, 768 -> 24x32). A prime factor > maxModeSize stays one mode
+ * (11008 = 2^8 * 43 -> 16x16x43); 1 -> [1].
  */
-export function factorizeDimension(d: number, maxModeSize = 16): number[] {
+export function factorizeDimension(d: number, maxModeSize = TERA_FIELDS.maxModeSize.default): number[] {
   checkInteger(d, 'factorizeDimension: d', 1);
   checkInteger(maxModeSize, 'factorizeDimension: maxModeSize', 2);
   const primes = primeFactors(d);

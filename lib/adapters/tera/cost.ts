@@ -13,20 +13,25 @@ import type { TeraEvaluation, TeraPath, TeraShape } from './config';
 
 /** How fast a device runs each kind of work, relative to one flop of its sgemm. */
 export interface DeviceRates {
-  /** sgemm flops that one flop of the Tucker kernels (reconstruction, kroneckerRows) costs. */
+  /** sgemm flops that one flop of a Tucker mode product (reconstruction, kroneckerRows) costs. */
   tuckerFlop: number;
+  /** The same for a mode product whose sizes both reach BLAS_MODE_SIZE (run as a GEMM). */
+  blasModeFlop: number;
   /** sgemm flops that the memory traffic of one float (read or written) costs. */
   float: number;
 }
 
+/** Mode sizes from which the CPU kernels hand a mode product to BLAS (kBlasModeSize in native/cpu/tucker_tiles.h). */
+export const BLAS_MODE_SIZE = 64;
+
 export const DEVICE_RATES: Readonly<Record<Device, DeviceRates>> = {
-  // Measured on the benchmark machine (docs/benchmarks.md): reconstruction and
-  // kroneckerRows at about 45% of sgemm; about 90 sgemm GFLOP/s against 22 GB/s
-  // of memory traffic, 5.5 G floats/s.
-  cpu: { tuckerFlop: 2.2, float: 16 },
+  // Measured on the benchmark machine (1 thread, d 4096, T 512): sgemm 93 GFLOP/s;
+  // reconstruction 16^6 and kroneckerRows 16^3 at 47-54 GFLOP/s, 64^4 and 64^2 at
+  // 64-81 GFLOP/s; 22 GB/s of memory traffic, 5.5 G floats/s.
+  cpu: { tuckerFlop: 2.0, blasModeFlop: 1.35, float: 16 },
   // Not measured (no GPU was lent): an H200's fp32 sgemm (~50 TFLOP/s) against
   // its 4.8 TB/s, and the Tucker kernels assumed at a third of sgemm.
-  cuda: { tuckerFlop: 3, float: 40 },
+  cuda: { tuckerFlop: 3, blasModeFlop: 3, float: 40 },
 };
 
 /** What the backward pass of a call will compute. */
@@ -72,12 +77,16 @@ export interface PathPlan {
 
 const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
 
-/** Multiply-adds of successive mode products taking dims `from` to `to`, last mode first. */
-export function chainMultiplyAdds(from: readonly number[], to: readonly number[]): number {
+/**
+ * Estimated cost, in sgemm flops, of the successive mode products taking dims `from` to `to`
+ * (last mode first): each product's flops at the rate of the kernel that runs it.
+ */
+export function chainCost(from: readonly number[], to: readonly number[], rates: DeviceRates): number {
   const cur = [...from];
   let total = 0;
   for (let n = cur.length - 1; n >= 0; n--) {
-    total += (product(cur) / cur[n]) * from[n] * to[n];
+    const rate = Math.min(from[n], to[n]) >= BLAS_MODE_SIZE ? rates.blasModeFlop : rates.tuckerFlop;
+    total += 2 * (product(cur) / cur[n]) * from[n] * to[n] * rate;
     cur[n] = to[n];
   }
   return total;
@@ -115,9 +124,8 @@ export function planPath(call: LayerCall, evaluation: TeraEvaluation): PathPlan 
 
   const gemm = (m: number, n: number, k: number) => 2 * m * n * k + m * n * rates.float;
   const floats = (count: number) => count * rates.float;
-  const rowProduct = (from: readonly number[], to: readonly number[]) =>
-    2 * T * chainMultiplyAdds(from, to) * rates.tuckerFlop;
-  const reconstruct = 2 * chainMultiplyAdds(shape.ranks, shape.modes) * rates.tuckerFlop + floats(dOut * dIn);
+  const rowProduct = (from: readonly number[], to: readonly number[]) => T * chainCost(from, to, rates);
+  const reconstruct = chainCost(shape.ranks, shape.modes, rates) + floats(dOut * dIn);
   const contractIn = rowProduct(shape.inModes, inRanks);
   const contractOut = rowProduct(shape.outModes, outRanks);
   const expandIn = rowProduct(inRanks, shape.inModes);

@@ -15,7 +15,7 @@ import { randomStream } from '../config';
 import { type Shared, SharedRegistry } from '../registry';
 import type { TeraShape } from './config';
 
-/** Names a (modes, ranks) signature in keys and file names: "16x16x16_16x16x16_r16x16x16x16x16x16". */
+/** Names a (modes, ranks) signature in keys and file names: "64x64_64x64_r64x64x64x64". */
 export function signatureName(shape: TeraShape): string {
   return `${shape.outModes.join('x')}_${shape.inModes.join('x')}_r${shape.ranks.join('x')}`;
 }
