@@ -149,6 +149,12 @@ class CudaBackend final : public Backend {
   // out[P, J, Q] = U[J, K] in[P, K, Q] by cuBLAS (one GEMM or a strided batch).
   void modeProductGemm(int64_t P, int64_t K, int64_t Q, int64_t J, const float* u, const float* in,
                        float* out);
+  // Stages M_n = A_n diag(s_n) for n < count in kScratchMats (A_n = src[n] of
+  // shape [rows[n], cols[n]]; s_n = scales[n], none where that or scales is null),
+  // as [rows, cols] or transposed ([cols, rows]); alpha is folded into M_0.
+  // mats[n] receives M_n's device pointer.
+  void prepareMats(int count, const int64_t* rows, const int64_t* cols, const float* const* src,
+                   const float* const* scales, float alpha, bool transpose, const float** mats);
   // Y = X x_1 M_1 ... x_N M_N, M_n of shape [outDims[n], inDims[n]] (device
   // pointers); fused two-pass kernels when the shape allows, else GEMMs.
   // out may equal in when order >= 2 (in is only read by the first pass).

@@ -156,21 +156,33 @@ void CudaBackend::modeProduct(const int64_t* shape, int order, int mode, const f
   if (rows <= 0) throw Error("modeProduct: the matrix must have at least one row");
   const int64_t P = product(shape, 0, mode), K = shape[mode], Q = product(shape, mode + 1, order);
   const float* u = matrix;
-  if (scale) {
-    float* scaled = scratchFloats(kScratchMats, rows * K);
-    PrepareMatsOp op;
-    op.count = 1;
-    op.src[0] = matrix;
-    op.scale[0] = scale;
-    op.multiplier[0] = 1.0f;
-    op.dst[0] = scaled;
-    op.rows[0] = rows;
-    op.cols[0] = K;
-    op.offset[1] = rows * K;
-    launchForEach(stream_, rows * K, op, "PrepareMatsOp");
-    u = scaled;
-  }
+  if (scale) prepareMats(1, &rows, &K, &matrix, &scale, 1.0f, false, &u);
   modeProductGemm(P, K, Q, rows, u, x, y);
+}
+
+void CudaBackend::prepareMats(int count, const int64_t* rows, const int64_t* cols,
+                              const float* const* src, const float* const* scales, float alpha,
+                              bool transpose, const float** mats) {
+  PrepareMatsOp op;
+  op.count = count;
+  op.transpose = transpose;
+  int64_t total = 0;
+  for (int n = 0; n < count; ++n) {
+    op.offset[n] = total;
+    total += rows[n] * cols[n];
+  }
+  op.offset[count] = total;
+  float* buffer = scratchFloats(kScratchMats, total);
+  for (int n = 0; n < count; ++n) {
+    op.src[n] = src[n];
+    op.scale[n] = scales ? scales[n] : nullptr;
+    op.multiplier[n] = n == 0 ? alpha : 1.0f;
+    op.dst[n] = buffer + op.offset[n];
+    op.rows[n] = rows[n];
+    op.cols[n] = cols[n];
+    mats[n] = op.dst[n];
+  }
+  launchForEach(stream_, total, op, "PrepareMatsOp");
 }
 
 void CudaBackend::tuckerReconstruct(const TuckerShape& shape, const float* core,
@@ -178,26 +190,8 @@ void CudaBackend::tuckerReconstruct(const TuckerShape& shape, const float* core,
                                     float alpha, float* out, const float* base) {
   const int N = shape.order;
   if (N < 1 || N > kMaxOrder) throw Error("tuckerReconstruct: bad Tucker order");
-  PrepareMatsOp op;
-  op.count = N;
-  int64_t total = 0;
-  for (int n = 0; n < N; ++n) {
-    op.offset[n] = total;
-    total += shape.modes[n] * shape.ranks[n];
-  }
-  op.offset[N] = total;
-  float* buffer = scratchFloats(kScratchMats, total);
   const float* mats[kMaxOrder];
-  for (int n = 0; n < N; ++n) {
-    op.src[n] = factors[n];
-    op.scale[n] = scales ? scales[n] : nullptr;
-    op.multiplier[n] = n == 0 ? alpha : 1.0f;
-    op.dst[n] = buffer + op.offset[n];
-    op.rows[n] = shape.modes[n];
-    op.cols[n] = shape.ranks[n];
-    mats[n] = op.dst[n];
-  }
-  launchForEach(stream_, total, op, "PrepareMatsOp");
+  prepareMats(N, shape.modes, shape.ranks, factors, scales, alpha, false, mats);
   multiModeProduct(N, shape.ranks, shape.modes, core, mats, out, base);
 }
 
@@ -208,26 +202,8 @@ void CudaBackend::tuckerScaleGrad(const TuckerShape& shape, float* gradX, const 
   if (N < 1 || N > kMaxOrder) throw Error("tuckerScaleGrad: bad Tucker order");
   const int64_t* R = shape.ranks;
   // Z = gradX x_1 A_1^T ... x_N A_N^T, then H = Z * G.
-  PrepareMatsOp op;
-  op.count = N;
-  op.transpose = true;
-  int64_t total = 0;
-  for (int n = 0; n < N; ++n) {
-    op.offset[n] = total;
-    total += shape.modes[n] * R[n];
-  }
-  op.offset[N] = total;
-  float* buffer = scratchFloats(kScratchMats, total);
   const float* mats[kMaxOrder];
-  for (int n = 0; n < N; ++n) {
-    op.src[n] = factors[n];
-    op.multiplier[n] = 1.0f;
-    op.dst[n] = buffer + op.offset[n];
-    op.rows[n] = shape.modes[n];
-    op.cols[n] = R[n];
-    mats[n] = op.dst[n];
-  }
-  launchForEach(stream_, total, op, "PrepareMatsOp");
+  prepareMats(N, shape.modes, R, factors, nullptr, 1.0f, true, mats);
   const int64_t coreSize = shape.coreSize();
   // With overwriteGradX and modes == ranks, H replaces gradX (both passes of the
   // fused product, and the GEMM chain from its second step, no longer read it).
@@ -320,29 +296,13 @@ void CudaBackend::kroneckerRows(int64_t rows, const TuckerShape& shape, const fl
   if (Q < 1 || Q > kMaxOrder) throw Error("kroneckerRows: bad order");
   // M_n = A_n diag(s_n) ([I, R]) to expand, its transpose ([R, I]) to contract;
   // alpha folded into the first.
-  PrepareMatsOp op;
-  op.count = Q;
-  op.transpose = contract;
-  int64_t total = 0, in[kMaxOrder], out[kMaxOrder];
+  int64_t in[kMaxOrder], out[kMaxOrder];
   for (int n = 0; n < Q; ++n) {
-    op.offset[n] = total;
-    total += shape.modes[n] * shape.ranks[n];
     in[n] = contract ? shape.modes[n] : shape.ranks[n];
     out[n] = contract ? shape.ranks[n] : shape.modes[n];
   }
-  op.offset[Q] = total;
-  float* buffer = scratchFloats(kScratchMats, total);
   const float* mats[kMaxOrder];
-  for (int n = 0; n < Q; ++n) {
-    op.src[n] = factors[n];
-    op.scale[n] = scales ? scales[n] : nullptr;
-    op.multiplier[n] = n == 0 ? alpha : 1.0f;
-    op.dst[n] = buffer + op.offset[n];
-    op.rows[n] = shape.modes[n];
-    op.cols[n] = shape.ranks[n];
-    mats[n] = op.dst[n];
-  }
-  launchForEach(stream_, total, op, "PrepareMatsOp");
+  prepareMats(Q, shape.modes, shape.ranks, factors, scales, alpha, contract, mats);
   // Successive mode products on [rows, ...], last mode first, by cuBLAS.
   int64_t largest = 0, cur[kMaxOrder];
   std::copy(in, in + Q, cur);

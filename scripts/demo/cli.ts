@@ -1,7 +1,8 @@
 /**
  * Command-line flags of the MNIST demo (node's own parseArgs), checked up
  * front so a typo fails in the first second rather than after minutes of
- * training, and the checks both demos' flags share.
+ * training, the checks both demos' flags share, and the harness both demos'
+ * entry points run in (runCli).
  */
 import { parseArgs } from 'node:util';
 
@@ -110,4 +111,36 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
     sweep: values.sweep,
     help: values.help,
   };
+}
+
+/**
+ * A demo's entry point: parses the command line (a bad flag prints the problem
+ * and the usage, exit code 2), answers --help with the usage, else runs; an
+ * error of the run prints as `name: message` with exit code 1.
+ */
+export function runCli<Options extends { help: boolean }>(cli: {
+  /** The npm script, the prefix of a run's error message. */
+  name: string;
+  usage: string;
+  parse: (argv: readonly string[]) => Options;
+  run: (options: Options) => void;
+}): void {
+  let options: Options;
+  try {
+    options = cli.parse(process.argv.slice(2));
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${cli.usage}`);
+    process.exit(2);
+  }
+  if (options.help) {
+    console.log(cli.usage);
+    return;
+  }
+  try {
+    cli.run(options);
+  } catch (error) {
+    // Our errors name the problem and the fix; a stack trace would bury that.
+    console.error(`${cli.name}: ${(error as Error).message}`);
+    process.exitCode = 1;
+  }
 }

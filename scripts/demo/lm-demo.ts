@@ -24,7 +24,7 @@ import type { CausalLM } from '../../lib/models';
 import { Tokenizer } from '../../lib/tokenizers';
 import { BROWN_SPLIT, type BrownText, loadBrown, splitBrown } from './brown';
 import { lineChartSvg, smooth } from './chart';
-import { parseDevice, parseMethods, positiveInteger } from './cli';
+import { parseDevice, parseMethods, positiveInteger, runCli } from './cli';
 import {
   END_OF_TEXT,
   LM_BASE_DIR,
@@ -44,7 +44,7 @@ import {
   frozenSharedValues,
   methodHandlers,
 } from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, runSweep, sweepTable, writeSweepOutputs } from './sweep';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep } from './sweep';
 import { formatBytes, markdownTable } from './table';
 
 /** Every projection of GPT-2's blocks (attention c_attn, c_proj; MLP c_fc, c_proj), not the tied lm_head. */
@@ -536,7 +536,7 @@ export function runLmSweep(
       `cache in ${sweepDir}/`,
   );
   const rows = runSweep(task, points, sweepDir, log);
-  writeSweepOutputs(
+  reportSweep(
     rows,
     task,
     sweepDir,
@@ -544,32 +544,19 @@ export function runLmSweep(
     `byte-level GPT-2 pretrained on Brown non-fiction, adapted to fiction: ${options.steps} steps of ` +
       `${options.batchSize} windows of ${data.context} bytes; learning rate chosen on ${data.validation.length} ` +
       `validation windows; bits per byte on ${data.test.length} test windows`,
+    log,
   );
-  log(`\n${sweepTable(rows, BITS_PER_BYTE)}\n`);
-  log(`table, chart and every run in ${sweepDir}/`);
   return rows;
 }
 
-function main(): void {
-  let options: LmDemoOptions;
-  try {
-    options = parseLmDemoArgs(process.argv.slice(2));
-  } catch (error) {
-    console.error(`${(error as Error).message}\n\n${LM_USAGE}`);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(LM_USAGE);
-    return;
-  }
-  try {
-    if (options.sweep) runLmSweep(options);
-    else runLmDemo(options);
-  } catch (error) {
-    // Our errors name the problem and the fix; a stack trace would bury that.
-    console.error(`demo:lm: ${(error as Error).message}`);
-    process.exitCode = 1;
-  }
+if (require.main === module) {
+  runCli({
+    name: 'demo:lm',
+    usage: LM_USAGE,
+    parse: parseLmDemoArgs,
+    run: (options) => {
+      if (options.sweep) runLmSweep(options);
+      else runLmDemo(options);
+    },
+  });
 }
-
-if (require.main === module) main();

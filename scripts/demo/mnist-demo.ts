@@ -16,11 +16,11 @@ import { SingleBar } from 'cli-progress';
 
 import { type Device, distributed as dist, io, type nn, resolveDevice } from '../../lib';
 import { lineChartSvg, smooth } from './chart';
-import { type DemoOptions, USAGE, parseDemoArgs } from './cli';
+import { type DemoOptions, USAGE, parseDemoArgs, runCli } from './cli';
 import { type Digits, SPLIT, VALIDATION_COUNT, head, holdOutValidation, loadMnist, rotate, splitDigits } from './data';
 import { median } from './loop';
 import { type AdapterSpec, type FullWeights, type MethodName, frozenSharedValues, methodHandlers } from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, runSweep, sweepTable, writeSweepOutputs } from './sweep';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep } from './sweep';
 import { formatBytes, formatPercent, markdownTable } from './table';
 import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from './train';
 
@@ -417,41 +417,28 @@ export function runMnistSweep(
       `${validation.count} validation digits, scored on ${test.count} test digits (${device}); cache in ${sweepDir}/`,
   );
   const rows = runSweep(task, points, sweepDir, log);
-  writeSweepOutputs(
+  reportSweep(
     rows,
     task,
     sweepDir,
     `Digits rotated ${options.rotate}°: test accuracy against trainable parameters`,
     `digits rotated ${options.rotate}°, ${options.epochs} epochs on ${trainDigits.count} training digits; ` +
       `learning rate chosen on ${VALIDATION_COUNT} validation digits; accuracy on ${test.count} test digits`,
+    log,
   );
-  log(`\n${sweepTable(rows, ACCURACY)}\n`);
-  log(`table, chart and every run in ${sweepDir}/`);
   return rows;
 }
 
-function main(): void {
-  let options: DemoOptions;
-  try {
-    options = parseDemoArgs(process.argv.slice(2));
-  } catch (error) {
-    console.error(`${(error as Error).message}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return;
-  }
-  try {
-    if (options.distributed) dist.init({ engine: options.device === 'cuda' ? 'nccl' : 'mpi' });
-    if (options.sweep) runMnistSweep(options);
-    else runDemo(options);
-    if (options.distributed) dist.finalize();
-  } catch (error) {
-    // Our errors name the problem and the fix; a stack trace would bury that.
-    console.error(`demo: ${(error as Error).message}`);
-    process.exitCode = 1;
-  }
+if (require.main === module) {
+  runCli({
+    name: 'demo',
+    usage: USAGE,
+    parse: parseDemoArgs,
+    run: (options) => {
+      if (options.distributed) dist.init({ engine: options.device === 'cuda' ? 'nccl' : 'mpi' });
+      if (options.sweep) runMnistSweep(options);
+      else runDemo(options);
+      if (options.distributed) dist.finalize();
+    },
+  });
 }
-
-if (require.main === module) main();

@@ -260,15 +260,19 @@ export function sweepChartSvg(rows: readonly SweepRow[], metric: Metric, title: 
   });
 }
 
-/** Writes sweep.md, sweep.json and sweep.svg into `dir`. */
-export function writeSweepOutputs(
+/** Writes sweep.md, sweep.json and sweep.svg into `dir`, then logs the table and where the files are. */
+export function reportSweep(
   rows: readonly SweepRow[],
   task: SweepTask,
   dir: string,
   title: string,
   header: string,
+  log: (line: string) => void,
 ): void {
-  writeFileAtomic(path.join(dir, 'sweep.md'), `${header}\n\n${sweepTable(rows, task.metric)}\n`);
+  const table = sweepTable(rows, task.metric);
+  writeFileAtomic(path.join(dir, 'sweep.md'), `${header}\n\n${table}\n`);
   writeFileAtomic(path.join(dir, 'sweep.json'), `${JSON.stringify({ settings: task.settings, rows }, null, 2)}\n`);
   writeFileAtomic(path.join(dir, 'sweep.svg'), sweepChartSvg(rows, task.metric, title));
+  log(`\n${table}\n`);
+  log(`table, chart and every run in ${dir}/`);
 }
