@@ -211,7 +211,7 @@ export function runSweep(
   return rows;
 }
 
-export function sweepTable(rows: readonly SweepRow[], metric: Metric): string {
+function sweepTable(rows: readonly SweepRow[], metric: Metric): string {
   return markdownTable(
     [
       'method',
@@ -238,7 +238,7 @@ export function sweepTable(rows: readonly SweepRow[], metric: Metric): string {
 }
 
 /** Test score against trainable parameters, one line per family in the order families first appear. */
-export function sweepChartSvg(rows: readonly SweepRow[], metric: Metric, title: string): string {
+function sweepChartSvg(rows: readonly SweepRow[], metric: Metric, title: string): string {
   const families = [...new Set(rows.map((r) => r.family))];
   const series = families.map((family) => {
     const members = rows
