@@ -360,6 +360,7 @@ describe('GEMM-backed and multi-pass mode products', () => {
     ['a middle mode, rows of 11 (masked vector tails)', [13, 6, 11], 1, 7],
     ['the last mode', [13, 6, 11], 2, 5],
     ['a large mode (OpenBLAS)', [3, 80, 5], 1, 70],
+    ['a large middle mode over many slabs (small OpenBLAS GEMMs spread over the threads)', [40, 64, 9], 1, 64],
   ])('modeProduct on %s', (_, shape, mode, rows) => {
     const x = randomArray(product(shape), next);
     const m = randomArray(rows * shape[mode], next);
@@ -381,5 +382,24 @@ describe('GEMM-backed and multi-pass mode products', () => {
       }
     }
     expectAllClose(y.toFloat32Array(), value, { rtol: 1e-5, atol: 1e-6, magnitude });
+  });
+
+  it('gives the same bits on 1 and 2 threads where small OpenBLAS GEMMs are spread over the threads', () => {
+    const shape = [40, 64, 9];
+    const x = t(randomArray(product(shape), next), shape);
+    const m = t(randomArray(64 * 64, next), [64, 64]);
+    const core = t(randomArray(64 ** 3, next), [64, 64, 64]);
+    const factors = [0, 1, 2].map(() => t(randomArray(64 * 64, next), [64, 64]));
+    const run = (threads: number) => {
+      tera.setNumThreads(threads);
+      return [kernels.modeProduct(x, m, 1), kernels.tuckerReconstruct(core, factors)].map((y) => y.toFloat32Array());
+    };
+    try {
+      const [one, two] = [run(1), run(2)];
+      expect(two[0].every((v, i) => Object.is(v, one[0][i]))).toBe(true);
+      expect(two[1].every((v, i) => Object.is(v, one[1][i]))).toBe(true);
+    } finally {
+      tera.setNumThreads(0);
+    }
   });
 });

@@ -83,6 +83,10 @@ float* sharedScratch(int slot, int64_t count) {
   return buffers[slot].get(count);
 }
 
+// OpenBLAS 0.3's interface/gemm.c: no threads for m n k <= SMP_THRESHOLD_MIN (65536) *
+// GEMM_MULTITHREAD_THRESHOLD (4, the default build setting).
+constexpr int64_t kBlasSingleThreadMnk = 65536 * 4;
+
 int blasDim(int64_t value) {
   if (value > INT_MAX) {
     throw Error("Tucker kernel: a mode product of size " + std::to_string(value) +
@@ -100,10 +104,20 @@ void blasModeProduct(const ModeMatrix& u, const float* in, float* out, int64_t P
     return;
   }
   const int q = blasDim(Q);
-  for (int64_t p = 0; p < P; ++p) {
+  const auto gemm = [&](int64_t p) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, J, q, K, 1.0f, u.data(), K,
                 in + p * K * Q, q, 0.0f, out + p * J * Q, q);
+  };
+  // OpenBLAS runs a GEMM of at most kBlasSingleThreadMnk multiply-adds on the calling thread
+  // only, so a sequence of them would use one core: spread such GEMMs over the pool instead
+  // (each p is independent, so the result does not depend on the thread count).
+  if (int64_t(J) * q * K <= kBlasSingleThreadMnk && P > 1) {
+    parallelFor(P, [&](int64_t begin, int64_t end, int) {
+      for (int64_t p = begin; p < end; ++p) gemm(p);
+    });
+    return;
   }
+  for (int64_t p = 0; p < P; ++p) gemm(p);
 }
 
 // What the last pass of a multi-mode product does with each finished tile:
