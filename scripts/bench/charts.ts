@@ -24,7 +24,7 @@ export interface BarChart {
 
 const ROW = 18;
 const GROUP_GAP = 10;
-const LABEL_WIDTH = 330;
+const LABEL_WIDTH = 380;
 const PLOT_WIDTH = 520;
 const VALUE_WIDTH = 80;
 

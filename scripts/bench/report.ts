@@ -507,7 +507,7 @@ function layerChart(key: string, layers: LayerResult[]): string {
   for (const l of layers) {
     const shape = `d ${l.d}, T ${l.tokens}`;
     rows.push({
-      label: `${shape} ${METHOD_NAMES[l.method]}`,
+      label: `${shape} ${METHOD_NAMES[l.method]}${l.variant === null ? '' : `, ${l.variant}`}`,
       value: l.ours.median,
       color: COLORS[l.method][0],
       groupStart: shape !== previous,
