@@ -132,8 +132,9 @@ describe('the merged and the factored path against one float64 reference', () =>
 
 describe('the cost model', () => {
   const training: CallNeeds = { backward: true, dx: true, dl: true };
-  const call = (maxRank: number, rows: number, needs = training) => ({
-    shape: adapters.teraShape(new tera.TeraConfig({ targetModules: ['q'], maxRank }), 4096, 4096, 'q'),
+  // Modes 16x16x16 | 16x16x16 unless maxModeSize says otherwise.
+  const call = (maxRank: number, rows: number, needs = training, maxModeSize = 16) => ({
+    shape: adapters.teraShape(new tera.TeraConfig({ targetModules: ['q'], maxModeSize, maxRank }), 4096, 4096, 'q'),
     rows,
     device: 'cpu' as const,
     needs,
@@ -155,6 +156,16 @@ describe('the cost model', () => {
     expect(Math.abs(tie.merged / tie.factored - 1)).toBeLessThan(0.01);
     // Inference without backward: forming W_eff for one GEMM does not pay at few tokens.
     expect(planPath(call(16, 16, { backward: false, dx: false, dl: false }), 'auto').path).toBe('factored');
+  });
+
+  it('rates modes that run as GEMMs at their own speed: the default 64x64 | 64x64 at full rank', () => {
+    // Measured (docs/benchmarks.md, 1 thread, T 512): merged 665 ms, factored 737 ms; at T 128
+    // the factored path's four frozen-sized GEMMs beat one reconstruction plus three GEMMs.
+    const full = (rows: number) => planPath(call(64, rows, training, 64), 'auto');
+    expect(full(512).path).toBe('merged');
+    expect(full(2048).path).toBe('merged');
+    expect(full(128).path).toBe('factored');
+    expect(call(64, 512, training, 64).shape.modes).toEqual([64, 64, 64, 64]);
   });
 
   it('reports both estimates, and a forced path overrides the choice', () => {
