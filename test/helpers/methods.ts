@@ -21,13 +21,22 @@ export interface MethodCase {
 export const METHOD_CASES: readonly MethodCase[] = [
   { name: 'TeRA', config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 3 }), lr: 0.05 },
   {
-    name: 'TeRA on the merged path',
-    config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 3, evaluation: 'merged' }),
+    name: 'TeRA on the merged path, modes of at most 8 (more modes per dimension)',
+    config: (t) =>
+      new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 3, maxModeSize: 8, maxRank: 8, evaluation: 'merged' }),
     lr: 0.05,
   },
   {
-    name: 'TeRA on the factored path, ranks below the modes',
-    config: (t) => new tera.TeraConfig({ targetModules: t, alpha: 0.7, seed: 4, maxRank: 2, evaluation: 'factored' }),
+    name: 'TeRA on the factored path, ranks below the modes, modes of at most 16',
+    config: (t) =>
+      new tera.TeraConfig({
+        targetModules: t,
+        alpha: 0.7,
+        seed: 4,
+        maxModeSize: 16,
+        maxRank: 2,
+        evaluation: 'factored',
+      }),
     lr: 0.05,
   },
   {
