@@ -47,11 +47,12 @@ function linearTicks(min: number, max: number, target = 5): number[] {
   return ticks;
 }
 
-/** 1, 2 and 5 times the powers of ten within [min, max]. */
+/** 1, 2 and 5 times the powers of ten within [min, max]; the powers alone over more than 3 decades (labels would collide). */
 function logTicks(min: number, max: number): number[] {
   const ticks: number[] = [];
+  const multiples = Math.log10(max / min) > 3 ? [1] : [1, 2, 5];
   for (let power = Math.floor(Math.log10(min)); 10 ** power <= max; power++) {
-    for (const m of [1, 2, 5]) {
+    for (const m of multiples) {
       const tick = Number((m * 10 ** power).toPrecision(12));
       if (tick >= min && tick <= max) ticks.push(tick);
     }
