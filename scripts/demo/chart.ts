@@ -60,6 +60,19 @@ function logTicks(min: number, max: number): number[] {
   return ticks;
 }
 
+/** The series' point labels, those of points at the same place joined on the first ("m 32, m 64"), the rest emptied. */
+function mergedPointLabels(s: Series): string[] {
+  const notes = s.points.map((_, p) => s.pointLabels?.[p] ?? '');
+  s.points.forEach(([x, y], p) => {
+    const first = s.points.findIndex(([fx, fy]) => fx === x && fy === y);
+    if (first < p && notes[p]) {
+      notes[first] = notes[first] ? `${notes[first]}, ${notes[p]}` : notes[p];
+      notes[p] = '';
+    }
+  });
+  return notes;
+}
+
 interface Axis {
   /** The value's place along the axis, 0 at its start and 1 at its end. */
   fraction(value: number): number;
@@ -149,9 +162,10 @@ export function lineChartSvg(series: readonly Series[], options: ChartOptions): 
     const legendX = MARGIN.left + plotWidth + 14;
     parts.push(`<polyline fill="none" stroke="${colour}" stroke-width="2" points="${path}"/>`);
     if (options.markers) {
+      const notes = mergedPointLabels(s);
       s.points.forEach(([x, y], p) => {
         parts.push(`<circle cx="${f(px(x))}" cy="${f(py(y))}" r="3.5" fill="${colour}"/>`);
-        const note = s.pointLabels?.[p];
+        const note = notes[p];
         if (note) {
           parts.push(
             `<text x="${f(px(x) + 5)}" y="${f(py(y) - 6)}" font-size="10" fill="${colour}">${escapeXml(note)}</text>`,
