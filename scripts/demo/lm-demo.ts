@@ -44,7 +44,7 @@ import {
   frozenSharedValues,
   methodHandlers,
 } from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep } from './sweep';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints } from './sweep';
 import { formatBytes, markdownTable } from './table';
 
 /** Every projection of GPT-2's blocks (attention c_attn, c_proj; MLP c_fc, c_proj), not the tied lm_head. */
@@ -437,43 +437,22 @@ export function runLmDemo(options: LmDemoOptions, log: (line: string) => void = 
 }
 
 /**
- * The study's points: TeRA from high-order modes (<= 16) through the default
- * (<= 128) to order 2 (every
- * layer's out and in dimensions each one mode once maxModeSize reaches 512) at
- * full Tucker rank, then order 2 at lower ranks; VeRA and LoRA by r (LoRA with
- * alpha = 2r, the default's scale); full fine-tuning for reference.
+ * The study's points: TeRA from high-order modes (<= 16) through the default (<= 128) to
+ * order 2 (every layer's out and in dimensions one mode each once maxModeSize reaches 512)
+ * at full Tucker rank, then order 2 at lower ranks; VeRA and LoRA by r; full fine-tuning.
  */
 export function lmSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
-  const teraRank = 'TeRA (modes <= m)';
-  const teraOrder2 = 'TeRA order 2 (rank <= r)';
-  const points: SweepPoint[] = [
-    ...[16, 32, 64, 128, 512].map((m) => ({
-      family: teraRank,
-      spec: { method: 'tera', maxModeSize: m, maxRank: m } as const,
-      tag: `m ${m}`,
-      lr: DEFAULTS.tera.lr,
-    })),
-    ...[8, 32].map((r) => ({
-      family: teraOrder2,
-      spec: { method: 'tera', maxModeSize: 512, maxRank: r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.tera.lr,
-    })),
-    ...[16, 64, 256].map((r) => ({
-      family: 'VeRA (r)',
-      spec: { method: 'vera', r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.vera.lr,
-    })),
-    ...[1, 4, 16].map((r) => ({
-      family: 'LoRA (r)',
-      spec: { method: 'lora', r, alpha: 2 * r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.lora.lr,
-    })),
-    { family: 'full fine-tuning', spec: { method: 'full' }, tag: '', lr: DEFAULTS.full.lr },
-  ];
-  return points.filter((p) => methods.includes(p.spec.method));
+  return sweepPoints(
+    {
+      teraModeSizes: [16, 32, 64, 128, 512],
+      order2ModeSize: 512,
+      order2Ranks: [8, 32],
+      veraRanks: [16, 64, 256],
+      loraRanks: [1, 4, 16],
+    },
+    methods,
+    (method) => DEFAULTS[method].lr,
+  );
 }
 
 const BITS_PER_BYTE = { name: 'bits per byte', higherIsBetter: false, format: (v: number) => v.toFixed(3) };

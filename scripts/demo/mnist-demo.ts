@@ -20,7 +20,7 @@ import { type DemoOptions, USAGE, parseDemoArgs, runCli } from './cli';
 import { type Digits, SPLIT, VALIDATION_COUNT, head, holdOutValidation, loadMnist, rotate, splitDigits } from './data';
 import { median } from './loop';
 import { type AdapterSpec, type FullWeights, type MethodName, frozenSharedValues, methodHandlers } from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep } from './sweep';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints } from './sweep';
 import { formatBytes, formatPercent, markdownTable } from './table';
 import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from './train';
 
@@ -319,43 +319,23 @@ export function runDemo(options: DemoOptions, log: (line: string) => void = cons
 }
 
 /**
- * The study's points: TeRA from high-order modes (<= 16) through the default (<= 128) to order 2 (the
- * 784 inputs and 128 outputs of the first layer each one mode) at full Tucker
- * rank, then order 2 at lower ranks; VeRA and LoRA by r (LoRA with alpha = 2r,
- * the default's scale); full fine-tuning for reference. Each search starts at
- * the default run's learning rate.
+ * The study's points: TeRA from high-order modes (<= 16) through the default (<= 128) to
+ * order 2 (the 784 inputs and 128 outputs of the first layer each one mode) at full Tucker
+ * rank, then order 2 at lower ranks; VeRA and LoRA by r; full fine-tuning. Each search
+ * starts at the default run's learning rate.
  */
 export function mnistSweepPoints(methods: readonly MethodName[]): SweepPoint[] {
-  const teraRank = 'TeRA (modes <= m)';
-  const teraOrder2 = 'TeRA order 2 (rank <= r)';
-  const points: SweepPoint[] = [
-    ...[16, 32, 64, 128, 1024].map((m) => ({
-      family: teraRank,
-      spec: { method: 'tera', maxModeSize: m, maxRank: m } as const,
-      tag: `m ${m}`,
-      lr: DEFAULTS.tera.lr,
-    })),
-    ...[8, 16, 32, 64, 128].map((r) => ({
-      family: teraOrder2,
-      spec: { method: 'tera', maxModeSize: 1024, maxRank: r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.tera.lr,
-    })),
-    ...[16, 64, 256, 1024].map((r) => ({
-      family: 'VeRA (r)',
-      spec: { method: 'vera', r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.vera.lr,
-    })),
-    ...[1, 2, 4, 8, 16, 32].map((r) => ({
-      family: 'LoRA (r)',
-      spec: { method: 'lora', r, alpha: 2 * r } as const,
-      tag: `r ${r}`,
-      lr: DEFAULTS.lora.lr,
-    })),
-    { family: 'full fine-tuning', spec: { method: 'full' }, tag: '', lr: DEFAULTS.full.lr },
-  ];
-  return points.filter((p) => methods.includes(p.spec.method));
+  return sweepPoints(
+    {
+      teraModeSizes: [16, 32, 64, 128, 1024],
+      order2ModeSize: 1024,
+      order2Ranks: [8, 16, 32, 64, 128],
+      veraRanks: [16, 64, 256, 1024],
+      loraRanks: [1, 2, 4, 8, 16, 32],
+    },
+    methods,
+    (method) => DEFAULTS[method].lr,
+  );
 }
 
 const ACCURACY = { name: 'accuracy', higherIsBetter: true, format: formatPercent };

@@ -39,6 +39,58 @@ export interface SweepPoint {
   lr: number;
 }
 
+/** The sizes a demo's study sweeps: TeRA by maxModeSize at full rank and at order 2 by rank, VeRA and LoRA by r. */
+export interface SweepGrid {
+  /** maxModeSize values, each at full Tucker rank (maxRank alike). */
+  teraModeSizes: number[];
+  /** A maxModeSize at least every adapted dimension: order 2, one mode per side. */
+  order2ModeSize: number;
+  /** maxRank values at order 2. */
+  order2Ranks: number[];
+  veraRanks: number[];
+  /** LoRA with alpha = 2r, the default's scale. */
+  loraRanks: number[];
+}
+
+/**
+ * The study's points for `grid`, with full fine-tuning for reference, of the chosen methods;
+ * each search starts at the demo's own learning rate for its method (`startLr`).
+ */
+export function sweepPoints(
+  grid: SweepGrid,
+  methods: readonly MethodName[],
+  startLr: (method: MethodName) => number,
+): SweepPoint[] {
+  const points: SweepPoint[] = [
+    ...grid.teraModeSizes.map((m) => ({
+      family: 'TeRA (modes <= m)',
+      spec: { method: 'tera', maxModeSize: m, maxRank: m } as const,
+      tag: `m ${m}`,
+      lr: startLr('tera'),
+    })),
+    ...grid.order2Ranks.map((r) => ({
+      family: 'TeRA order 2 (rank <= r)',
+      spec: { method: 'tera', maxModeSize: grid.order2ModeSize, maxRank: r } as const,
+      tag: `r ${r}`,
+      lr: startLr('tera'),
+    })),
+    ...grid.veraRanks.map((r) => ({
+      family: 'VeRA (r)',
+      spec: { method: 'vera', r } as const,
+      tag: `r ${r}`,
+      lr: startLr('vera'),
+    })),
+    ...grid.loraRanks.map((r) => ({
+      family: 'LoRA (r)',
+      spec: { method: 'lora', r, alpha: 2 * r } as const,
+      tag: `r ${r}`,
+      lr: startLr('lora'),
+    })),
+    { family: 'full fine-tuning', spec: { method: 'full' }, tag: '', lr: startLr('full') },
+  ];
+  return points.filter((p) => methods.includes(p.spec.method));
+}
+
 export interface Metric {
   /** As the table's column headers say it, e.g. 'accuracy'. */
   name: string;
