@@ -1081,12 +1081,14 @@ void checkGemmStridedBatched(Backend& cpu, Backend& gpu) {
 // both sides); the two gradients sum the same double column sums or the same
 // float products H = Z * G, and only the order of the peeling's double sums
 // differs, so they agree to the last float bit or so.
-void checkFactored(Backend& cpu, Backend& gpu) {
-  for (const auto& [modes, ranks] : sizes().factoredCases) {
+void checkFactored(Backend& cpu, Backend& gpu,
+                   const std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>>& cases,
+                   int64_t rows) {
+  for (const auto& [modes, ranks] : cases) {
     const TuckerShape shape = TuckerShape::make(modes, ranks);
     const int N = shape.order;
     const std::string name = shapeName(TuckerCase{modes, ranks});
-    const int64_t rows = sizes().factoredRows, full = shape.fullSize(), core = shape.coreSize();
+    const int64_t full = shape.fullSize(), core = shape.coreSize();
     // inputs: factors [0, N), scales [N, 2N), then the kernel's own.
     std::vector<std::vector<float>> common;
     for (int n = 0; n < N; ++n) common.push_back(randomVector(shape.modes[n] * shape.ranks[n]));
@@ -1429,6 +1431,9 @@ void checkGridStride(Backend& cpu, Backend& gpu) {
                                                       {{6, 4, 4, 4}, {6, 4, 4, 4}}}) {
     checkTuckerCase(cpu, gpu, tc, kReconstruct | kGradient, "");
   }
+  // 576 columns: more than 2 blocks of threads, so each thread of columnDots and the
+  // row-wise factored kernels takes several columns.
+  checkFactored(cpu, gpu, {{{24, 24}, {24, 24}}}, 3);
   context.clear();
   cuda::capGridForTesting(0);
 }
@@ -1593,7 +1598,8 @@ int main(int argc, char** argv) {
   if (options.runs("tucker")) checkTucker(cpu, *gpu);
   if (options.runs("plans")) checkPlans(cpu, *gpu);
   if (options.runs("transformer")) checkTransformer(cpu, *gpu);
-  if (options.runs("factored")) checkFactored(cpu, *gpu);
+  if (options.runs("factored"))
+    checkFactored(cpu, *gpu, sizes().factoredCases, sizes().factoredRows);
   if (options.runs("grid")) checkGridStride(cpu, *gpu);
   if (gpuFull && options.runs("large")) checkLarge(cpu, *gpu);
   if (gpuFull && options.runs("bench")) benchmark(*gpu);
