@@ -7,21 +7,12 @@
  * mode products on every mode with widths that are not multiples of the vectors.
  */
 import * as tera from '../lib';
-import { product, randomArray, rng } from './helpers/reference';
+import { product, randomArray, rng, unravel } from './helpers/reference';
 import { expectAllClose } from './helpers/tolerance';
 
 const { kernels } = tera;
 const t = (data: ArrayLike<number>, shape: number[]) => tera.tensor(Float32Array.from(data), shape);
 const next = rng(27);
-
-function unravel(index: number, dims: readonly number[]): number[] {
-  const out = new Array<number>(dims.length);
-  for (let n = dims.length - 1; n >= 0; n--) {
-    out[n] = index % dims[n];
-    index = Math.floor(index / dims[n]);
-  }
-  return out;
-}
 
 /** Random factors [I_n, R_n] and scale vectors [R_n]. */
 function parts(modes: number[], ranks: number[]) {

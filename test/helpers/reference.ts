@@ -37,7 +37,8 @@ export function product(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
 }
 
-function unravel(index: number, dims: readonly number[]): number[] {
+/** The row-major multi-index of a flat index into `dims`. */
+export function unravel(index: number, dims: readonly number[]): number[] {
   const out = new Array<number>(dims.length);
   for (let n = dims.length - 1; n >= 0; n--) {
     out[n] = index % dims[n];
