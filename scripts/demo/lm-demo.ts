@@ -36,15 +36,8 @@ import {
   joinFiles,
 } from './lm-data';
 import { type LoopResult, median, optimise } from './loop';
-import {
-  type AdapterSpec,
-  type FullWeights,
-  METHOD_NAMES,
-  type MethodName,
-  frozenSharedValues,
-  methodHandlers,
-} from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints } from './sweep';
+import { type AdapterSpec, type FullWeights, METHOD_NAMES, type MethodName, methodHandlers } from './methods';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints, sweepRuns } from './sweep';
 import { formatBytes, markdownTable } from './table';
 
 /** Every projection of GPT-2's blocks (attention c_attn, c_proj; MLP c_fc, c_proj), not the tied lm_head. */
@@ -482,30 +475,13 @@ export function runLmSweep(
       device,
     },
     metric: BITS_PER_BYTE,
-    train: (point, lr, dir) => {
-      const method = handlers(point.spec);
-      const model = loadBase(options, device);
-      const params = method.prepare(model);
-      const tag = point.tag === '' ? method.label : `${method.label} ${point.tag}`;
-      const result = trainWithProgress(`${tag}, lr ${lr}`, model, params, data, lr, options);
-      method.save(model, dir);
-      const validation = bitsPerByte(model, data.validation, EVAL_BATCH);
-      const run = {
-        validation: Number.isFinite(validation) ? validation : Number.NaN,
-        trainableParameters: params.reduce((n, p) => n + p.size, 0),
-        frozenSharedValues: frozenSharedValues(model),
-        secondsPerStep: median(result.stepSeconds),
-      };
-      model.dispose();
-      return run;
-    },
-    test: (point, dir) => {
-      const model = loadBase(options, device);
-      handlers(point.spec).load(model, dir);
-      const score = bitsPerByte(model, data.test, EVAL_BATCH);
-      model.dispose();
-      return score;
-    },
+    ...sweepRuns({
+      loadBase: () => loadBase(options, device),
+      handlers,
+      train: (title, model, params, lr) => trainWithProgress(title, model, params, data, lr, options),
+      validation: (model) => bitsPerByte(model, data.validation, EVAL_BATCH),
+      test: (model) => bitsPerByte(model, data.test, EVAL_BATCH),
+    }),
   };
   const sweepDir = path.join(options.outDir, 'sweep');
   log(

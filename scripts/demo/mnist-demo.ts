@@ -19,8 +19,8 @@ import { lineChartSvg, smooth } from './chart';
 import { type DemoOptions, USAGE, parseDemoArgs, runCli } from './cli';
 import { type Digits, SPLIT, VALIDATION_COUNT, head, holdOutValidation, loadMnist, rotate, splitDigits } from './data';
 import { median } from './loop';
-import { type AdapterSpec, type FullWeights, type MethodName, frozenSharedValues, methodHandlers } from './methods';
-import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints } from './sweep';
+import { type AdapterSpec, type FullWeights, type MethodName, methodHandlers } from './methods';
+import { type SweepPoint, type SweepRow, type SweepTask, reportSweep, runSweep, sweepPoints, sweepRuns } from './sweep';
 import { formatBytes, formatPercent, markdownTable } from './table';
 import { BASE_WEIGHTS, type TrainResult, accuracy, createBaseModel, train } from './train';
 
@@ -367,29 +367,14 @@ export function runMnistSweep(
       device,
     },
     metric: ACCURACY,
-    train: (point, lr, dir) => {
-      const method = handlers(point.spec);
-      const model = loadBase(device);
-      const params = method.prepare(model);
-      const tag = point.tag === '' ? method.label : `${method.label} ${point.tag}`;
-      const result = trainWithProgress(`${tag}, lr ${lr}`, model, params, trainDigits, lr, options, device, true);
-      method.save(model, dir);
-      const run = {
-        validation: accuracy(model, validation, device),
-        trainableParameters: params.reduce((n, p) => n + p.size, 0),
-        frozenSharedValues: frozenSharedValues(model),
-        secondsPerStep: median(result.stepSeconds),
-      };
-      model.dispose();
-      return run;
-    },
-    test: (point, dir) => {
-      const model = loadBase(device);
-      handlers(point.spec).load(model, dir);
-      const score = accuracy(model, test, device);
-      model.dispose();
-      return score;
-    },
+    ...sweepRuns({
+      loadBase: () => loadBase(device),
+      handlers,
+      train: (title, model, params, lr) =>
+        trainWithProgress(title, model, params, trainDigits, lr, options, device, true),
+      validation: (model) => accuracy(model, validation, device),
+      test: (model) => accuracy(model, test, device),
+    }),
   };
   const sweepDir = path.join(options.outDir, 'sweep');
   log(

@@ -21,9 +21,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import type { Json } from '../../lib/adapters';
+import type { Parameter } from '../../lib/autograd';
 import { writeFileAtomic } from '../../lib/io';
+import type { Module } from '../../lib/nn';
 import { lineChartSvg } from './chart';
-import { type AdapterSpec, METHOD_LABELS, type MethodName, describeSpec } from './methods';
+import { median } from './loop';
+import {
+  type AdapterSpec,
+  METHOD_LABELS,
+  type MethodHandlers,
+  type MethodName,
+  describeSpec,
+  frozenSharedValues,
+} from './methods';
 import { markdownTable } from './table';
 
 export const LR_LADDER = Object.freeze([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3]);
@@ -190,6 +200,53 @@ function rungOf(lr: number): number {
   const rung = LR_LADDER.indexOf(lr);
   if (rung < 0) throw new Error(`sweep: learning rate ${lr} is not on the ladder ${LR_LADDER.join(', ')}`);
   return rung;
+}
+
+/** How a demo trains and scores one point of its study, on its model type M. */
+export interface SweepModel<M extends Module> {
+  /** A fresh frozen copy of the pretrained base. */
+  loadBase(): M;
+  handlers(spec: AdapterSpec): MethodHandlers<M>;
+  /** Trains `params` of `model` at `lr`, with a progress bar titled `title`. */
+  train(title: string, model: M, params: Parameter[], lr: number): { stepSeconds: number[] };
+  /** The task's metric on its validation split. */
+  validation(model: M): number;
+  /** The task's metric on its test split. */
+  test(model: M): number;
+}
+
+/**
+ * A SweepTask's train and test from a demo's model operations: each run trains a fresh base,
+ * saves what it trained into its folder and scores the validation split; the test scores the
+ * saved files applied to another fresh base.
+ */
+export function sweepRuns<M extends Module>(ops: SweepModel<M>): Pick<SweepTask, 'train' | 'test'> {
+  return {
+    train: (point, lr, dir) => {
+      const method = ops.handlers(point.spec);
+      const model = ops.loadBase();
+      const params = method.prepare(model);
+      const tag = point.tag === '' ? method.label : `${method.label} ${point.tag}`;
+      const result = ops.train(`${tag}, lr ${lr}`, model, params, lr);
+      method.save(model, dir);
+      const validation = ops.validation(model);
+      const run = {
+        validation: Number.isFinite(validation) ? validation : Number.NaN,
+        trainableParameters: params.reduce((n, p) => n + p.size, 0),
+        frozenSharedValues: frozenSharedValues(model),
+        secondsPerStep: median(result.stepSeconds),
+      };
+      model.dispose();
+      return run;
+    },
+    test: (point, dir) => {
+      const model = ops.loadBase();
+      ops.handlers(point.spec).load(model, dir);
+      const score = ops.test(model);
+      model.dispose();
+      return score;
+    },
+  };
 }
 
 /**
