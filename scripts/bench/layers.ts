@@ -65,12 +65,15 @@ export interface ModelSpec {
 /** LoRA's alpha: PEFT's default, so the update is scaled by alpha / r = 0.5. */
 const LORA_ALPHA = 8;
 
-export interface ModelOptions {
-  /** Keep the frozen shared tensors in the adapter file. */
-  saveShared?: boolean;
-  /** TeRA's maxModeSize and maxRank (the library's defaults when not given). */
+/** A TeRA config other than the default: its maxModeSize and maxRank (the library's defaults when not given). */
+export interface TeraVariant {
   maxModeSize?: number;
   maxRank?: number;
+}
+
+export interface ModelOptions extends TeraVariant {
+  /** Keep the frozen shared tensors in the adapter file. */
+  saveShared?: boolean;
   /** TeRA's evaluation path (default 'auto'). */
   evaluation?: 'auto' | 'merged' | 'factored';
 }
@@ -194,12 +197,6 @@ export interface LayerCases {
   methods: Method[];
   /** Token counts at which TeRA with maxRank LOW_RANK also runs (d 4096 only), in the same interleaving. */
   lowRankTokens: number[];
-}
-
-/** A TeRA config other than the default, run beside it. */
-export interface TeraVariant {
-  maxModeSize?: number;
-  maxRank?: number;
 }
 
 /** The reduced maxRank of the low-rank target. */
