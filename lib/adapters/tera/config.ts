@@ -150,7 +150,7 @@ function balancedSplit(m: number, k: number, limit: number): number[] | null {
  * maxModeSize, as balanced as possible, in ascending order (with maxModeSize 16:
  * 4096 -> 16x16x16, 768 -> 8x8x12, 1000 -> 10x10x10; with the default 128:
  * 4096 -> 64x64, 768 -> 24x32). A prime factor > maxModeSize stays one mode
- * (11008 = 2^8 * 43 -> 16x16x43); 1 -> [1].
+ * (with 16: 11008 = 2^8 * 43 -> 16x16x43); 1 -> [1].
  */
 export function factorizeDimension(d: number, maxModeSize = TERA_FIELDS.maxModeSize.default): number[] {
   checkInteger(d, 'factorizeDimension: d', 1);
